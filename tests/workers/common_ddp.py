@@ -17,4 +17,9 @@ dist.broadcast(b, src=0)
 assert b.item() == 123.0, b
 print(f"rank {info.rank}/{info.world_size} local {info.local_rank}: all_reduce={t.item():g} broadcast={b.item():g}", flush=True)
 print0("ddp ok")
-compute_cleanup(fast_exit=os.environ.get("NANOLIT_FAST_EXIT", "1") == "1")  # 0: measure the plain teardown
+if os.environ.get("NANOLIT_FAIL_RANK") == str(info.rank):
+    raise RuntimeError(f"failing on purpose on rank {info.rank}")
+if os.environ.get("NANOLIT_PLAIN_EXIT") == "1":    # measure the plain teardown, without compute_cleanup's exit hook
+    dist.barrier(); dist.destroy_process_group()
+else:
+    compute_cleanup()
