@@ -35,7 +35,7 @@ setuptools.setup(
     python_requires=f'>={min_python}',
     packages=setuptools.find_packages(include=['nanolit', 'nanolit.*']),
     include_package_data=True,
-    package_data={'nanolit': ['data/*']},
+    package_data={'nanolit': ['assets/*']},
     install_requires=_words('requirements'),
     extras_require={'dev': _words('dev_requirements')},
     entry_points={
