@@ -171,7 +171,7 @@ def _muon_update(self: MuonAdamW, group: dict, reduced) -> list:
             for p, new in zip(params, full): p.copy_(new)
     return [_CopyBack()]
 
-# %% ../nbs/05_optim.ipynb #833699b7
+# %% ../nbs/05_optim.ipynb #ce7e1b32
 @patch
 def setup_optimizer(self: GPT, embedding_lr: float = 0.2, unembedding_lr: float = 0.004, matrix_lr: float = 0.02,
                     scalar_lr: float = 0.5, weight_decay: float = 0.0, adam_betas: tuple = (0.8, 0.95),
@@ -181,8 +181,8 @@ def setup_optimizer(self: GPT, embedding_lr: float = 0.2, unembedding_lr: float 
     s = (self.config.n_embd / 768) ** -0.5
     adam = dict(kind='adamw', betas=tuple(adam_betas), weight_decay=0.0)
     groups = [dict(name='embedding', params=[self.wte.weight, *[e.weight for e in self.value_embeds.values()]],
-                   lr=embedding_lr * s, eps=1e-10, **adam),
-              dict(name='unembedding', params=[self.lm_head.weight], lr=unembedding_lr * s, eps=1e-10, **adam),
+                   lr=embedding_lr * s, eps=1e-8, **adam),
+              dict(name='unembedding', params=[self.lm_head.weight], lr=unembedding_lr * s, eps=1e-8, **adam),
               dict(name='scalars', params=[self.resid_lambdas, self.x0_lambdas], lr=scalar_lr, eps=1e-6, **adam)]
     by_shape = defaultdict(list)
     for p in self.blocks.parameters():
