@@ -94,7 +94,7 @@ def eval_loader_factory(make_loader, cfg: TrainConfig, info: DistInfo):
     steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * info.world_size))
     return lambda: (make_loader(), steps)
 
-# %% ../nbs/11_stage.ipynb #b02fdbce
+# %% ../nbs/11_stage.ipynb #1037a79f
 def write_stage_report(run_dir: Path, stage: str, summary: dict, meta: dict):
     "report.md and loss.png in the run directory: flags, outcome, final validation and the loss curve."
     import matplotlib; matplotlib.use('Agg')
@@ -124,15 +124,15 @@ def run_stage(stage: str, model, optimizer, loader, val_loaders: dict, info: Dis
         (run_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
-def stage_main(fn, prog: str, argv=None):
-    "Run a stage's `fn(argv)`; nanolit's input errors become one line `prog: error: ...` and exit code 1."
-    try: result = fn(argv)
+def stage_main(fn, prog: str, argv=None) -> None:
+    """Run a stage's `fn(argv)`; nanolit's input errors become one line `prog: error: ...` and exit code 1.
+    Returns None: a console script's `sys.exit(main())` would treat any other value as a failure."""
+    try: fn(argv)
     except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, FloatingPointError, KeyError) as e:
         msg = e.args[0] if e.args else repr(e)
         print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
         sys.exit(1)
     compute_cleanup()
-    return result
 
 def restore_rng(meta: dict | None):
     "Restore the torch RNG of a resumed run (nothing is random in training today; kept exact for what may be)."

@@ -234,7 +234,7 @@ def bytes_per_token(tok: Tokenizer, texts: Iterable[str]) -> float:
     n_bytes = sum(len(t.encode('utf-8')) for t in texts)
     return n_bytes / max(1, sum(len(ids) for ids in tok.encode(texts)))
 
-# %% ../nbs/02_tokenizer.ipynb #f0db8442
+# %% ../nbs/02_tokenizer.ipynb #8fdb0d30
 def train_tokenizer(data_dir: Path | str | None = None, vocab_size: int = 8192, max_chars: int = 2_000_000_000,
                     doc_cap: int = 10_000, out_dir: Path | str | None = None) -> tuple[Tokenizer, dict]:
     "Train on the train split of `data_dir` (default: the embedded corpus), save to `out_dir`; return it and a report."
@@ -265,7 +265,6 @@ def main(argv: list[str] | None = None):
     tok, report = train_tokenizer(args.data_dir or None, args.vocab_size, args.max_chars, args.doc_cap, args.out_dir or None)
     print0(f"trained {tok} in {report['train_seconds']} s; held-out bytes/token: {report['val_bytes_per_token']:.3f} "
            f"(byte-level baseline: 1.000); saved to {Path(args.out_dir or default_tokenizer_dir())}")
-    return report
 
 # %% ../nbs/02_tokenizer.ipynb #eecb8462
 if __name__ == '__main__' and not in_notebook(): main()
