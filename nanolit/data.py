@@ -226,12 +226,11 @@ def split_row_items(row: np.ndarray, bos: int, padding_start: int | None = None)
     starts = list(np.flatnonzero(row == bos)) + [len(row)]
     return [row[a:b].tolist() for a, b in zip(starts, starts[1:]) if b > a]
 
-# %% ../nbs/07_data.ipynb #7131ddae
+# %% ../nbs/07_data.ipynb #630dabe3
 def rows_to_batch(rows: np.ndarray, train: np.ndarray, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
     "Inputs (B, T) and targets (B, T) with −1 where the target may not be trained on."
-    t = torch.from_numpy(rows.astype(np.int64))
-    inputs, targets = t[:, :-1], t[:, 1:].clone()
-    targets[torch.from_numpy(train[:, 1:] == 0)] = -1
+    inputs = torch.from_numpy(np.ascontiguousarray(rows[:, :-1], dtype=np.int64))
+    targets = torch.from_numpy(np.where(train[:, 1:] != 0, rows[:, 1:], -1).astype(np.int64))   # one pass, no copy back
     pin = torch.device(device).type == 'cuda'
     if pin: inputs, targets = inputs.pin_memory(), targets.pin_memory()
     return inputs.to(device, non_blocking=pin), targets.to(device, non_blocking=pin)

@@ -112,6 +112,11 @@ def test_mid_and_sft_exact_resume_and_two_processes(with_base):
           env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'})
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's2'], bd)
     assert losses(bd, 'chatsft_checkpoints', 's2') == losses(bd, 'chatsft_checkpoints', 's1')
+    stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's3'], bd, nproc=2)
+    l3, l1 = losses(bd, 'chatsft_checkpoints', 's3'), losses(bd, 'chatsft_checkpoints', 's1')
+    rel = max(abs(x - y) / abs(y) for x, y in zip(l3, l1))
+    print(f"sft world 2 vs world 1: per-step loss max rel diff {rel:.2e}")
+    assert len(l3) == 5 and rel <= 1e-5
 
 def test_sigterm_to_torchrun_leaves_a_whole_checkpoint(with_base):
     bd = with_base
