@@ -21,7 +21,7 @@ from .tasks import build_mixture_stream, mixture_spec
 from .train import TrainConfig
 
 # %% auto #0
-__all__ = ['INHERITED', 'parser', 'mixture_loader', 'main']
+__all__ = ['INHERITED', 'parser', 'mixture_loader', 'conversation_stage', 'main']
 
 # %% ../nbs/13_midtrain.ipynb #e4e16ecf
 INHERITED = ('max_seq_len', 'device_batch_size', 'total_batch_size', 'embedding_lr', 'unembedding_lr', 'matrix_lr',
@@ -51,54 +51,58 @@ def mixture_loader(spec, tok, T, info, b, replay_dir, replay_ratio, mask_mode, s
     stream = build_mixture_stream(spec, tok, T + 1, 'all' if mask_mode == 'val' else mask_mode, replay, replay_ratio)
     return DataLoader(BestFitPacker(stream, T, 'pad', buffer_size), b, info.rank, info.world_size, info.device, prefetch, state)
 
-# %% ../nbs/13_midtrain.ipynb #9c319582
-def _main(argv=None) -> dict:
-    args, config = parse_args(parser(), argv)
+# %% ../nbs/13_midtrain.ipynb #24d4843e
+def conversation_stage(stage: str, args, config: dict, source: str, mask: str, schedule, mixture_kwargs: dict,
+                       momentum_schedule=None) -> dict:
+    "Continue a `source` checkpoint on a conversation mixture (+ replay): the body of midtraining and SFT."
     info = compute_init(args.device_type, args.seed)
-    model, tok, base_meta = load_model('base', info.device, 'train', args.source_tag, args.source_step)
-    inherit(config, base_meta, INHERITED, 'base')
+    model, tok, src_meta = load_model(source, info.device, 'train', args.source_tag, args.source_step)
+    inherit(config, src_meta, INHERITED, source)
     T, b, B = config['max_seq_len'], config['device_batch_size'], config['total_batch_size']
     if T > model.config.sequence_len:
-        raise ValueError(f"--max-seq-len {T} is longer than the base model's context ({model.config.sequence_len}); "
-                         "midtrain at that length or less")
+        raise ValueError(f"--max-seq-len {T} is longer than the {source} model's context ({model.config.sequence_len}); "
+                         f"use that length or less")
     if not 0 <= args.replay_ratio < 1: raise ValueError(f"--replay-ratio must be in [0, 1), got {args.replay_ratio}")
-    tag = args.model_tag or base_meta['model_tag']
-    resume = resolve_resume('mid', tag, config, args.resume)
-    replay_dir = args.data_dir or base_meta.get('data_dir')
-    spec = mixture_spec(args.mixture, 'train', scale=args.mixture_scale)
-    val_spec = mixture_spec(args.mixture, 'val', scale=args.mixture_scale)
+    tag = args.model_tag or src_meta['model_tag']
+    resume = resolve_resume(stage, tag, config, args.resume)
+    replay_dir = getattr(args, 'data_dir', '') or src_meta.get('data_dir')
+    spec, val_spec = mixture_spec(args.mixture, 'train', **mixture_kwargs), mixture_spec(args.mixture, 'val', **mixture_kwargs)
     lrs = {k: config[k] * args.init_lr_frac for k in ('embedding_lr', 'unembedding_lr', 'matrix_lr', 'scalar_lr')}
     opt = model.setup_optimizer(**lrs, weight_decay=config['weight_decay'])
     loader_state = None
     if resume:
-        weights, shards, _ = load_checkpoint(get_run_dir('mid', tag), device=info.device)
+        weights, shards, _ = load_checkpoint(get_run_dir(stage, tag), device=info.device)
         model.load_state_dict(weights); opt.load_state_dict(shards); loader_state = resume['loader']
         restore_rng(resume)
     elif args.load_optimizer:
-        _, shards, _ = load_checkpoint(get_run_dir('base', base_meta['model_tag']), base_meta['step'], info.device)
-        if shards is None: raise FileNotFoundError("--load-optimizer 1 but the base checkpoint has no optimizer state")
+        _, shards, _ = load_checkpoint(get_run_dir(source, src_meta['model_tag']), src_meta['step'], info.device)
+        if shards is None: raise FileNotFoundError(f"--load-optimizer 1 but the {source} checkpoint has no optimizer state")
         opt.load_state_dict(shards, keep_hparams=True)
-        print0("warm-started the optimizer's momentum from the base checkpoint (keeping midtraining's learning rates)")
-    schedule = (lambda s, n, p: lr_mid(s / n if n > 0 else p)) if args.schedule == 'mid' else \
-               (lambda s, n, p: lr_rewarm_cosine(s / n if n > 0 else p, args.warmup_ratio))
-    cfg = TrainConfig(stage='mid', num_iterations=config['num_iterations'], total_batch_size=B, device_batch_size=b,
+        print0(f"warm-started the optimizer's momentum from the {source} checkpoint (keeping this stage's learning rates)")
+    cfg = TrainConfig(stage=stage, num_iterations=config['num_iterations'], total_batch_size=B, device_batch_size=b,
                       max_seq_len=T, eval_every=config['eval_every'], eval_tokens=config['eval_tokens'],
                       save_every=config['save_every'], keep_last=config['keep_last'], dtype=args.dtype or None,
-                      compile=bool(args.compile), lr_schedule=schedule, momentum_schedule=muon_momentum)
-    loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, 'all', loader_state)
-    val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, 'all', prefetch=0), cfg, info)}
+                      compile=bool(args.compile), lr_schedule=schedule, momentum_schedule=momentum_schedule)
+    loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state)
+    val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0), cfg, info)}
     if replay_dir:   # forgetting: the pretraining validation text, scored as in pretraining
         val['replay'] = eval_loader_factory(lambda: pretrain_loader(replay_dir, 'val', tok, T, info, b, prefetch=0), cfg, info)
-    meta = {'stage': 'mid', 'model_config': vars(model.config), 'user_config': config, 'tokenizer_id': tok.id,
-            'parent': {'stage': 'base', 'tag': base_meta['model_tag'], 'step': base_meta['step']}, 'data_dir': replay_dir,
+    meta = {'stage': stage, 'model_config': vars(model.config), 'user_config': config, 'tokenizer_id': tok.id,
+            'parent': {'stage': source, 'tag': src_meta['model_tag'], 'step': src_meta['step']}, 'data_dir': replay_dir,
             'effective': {**lrs, 'weight_decay': config['weight_decay'], 'total_batch_size': B, 'max_seq_len': T,
                           'device_batch_size': b}}
-    return run_stage('mid', model, opt, loader, val, info, cfg, get_run_dir('mid', tag), meta,
+    return run_stage(stage, model, opt, loader, val, info, cfg, get_run_dir(stage, tag), meta,
                      tok.token_bytes().to(info.device), resume, args.run)
+
+def _main(argv=None) -> dict:
+    args, config = parse_args(parser(), argv)
+    schedule = (lambda s, n, p: lr_mid(s / n if n > 0 else p)) if args.schedule == 'mid' else \
+               (lambda s, n, p: lr_rewarm_cosine(s / n if n > 0 else p, args.warmup_ratio))
+    return conversation_stage('mid', args, config, 'base', 'all', schedule, {'scale': args.mixture_scale}, muon_momentum)
 
 def main(argv=None):
     "Console script `nanolit_midtrain`."
     return stage_main(_main, 'nanolit_midtrain', argv)
 
-# %% ../nbs/13_midtrain.ipynb #c5dbceac
+# %% ../nbs/13_midtrain.ipynb #90b25ace
 if __name__ == '__main__' and not in_notebook(): main()
