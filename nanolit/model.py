@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
-           'CausalSelfAttention', 'MLP', 'Block', 'GPT', 'randomize_', 'build_model', 'num_scaling_params',
-           'estimate_flops']
+           'CausalSelfAttention', 'MLP', 'Block', 'SoftcapCrossEntropy', 'softcap_cross_entropy', 'GPT', 'randomize_',
+           'build_model', 'num_scaling_params', 'estimate_flops']
 
 # %% ../nbs/03_model.ipynb #8fc33dbf
 @dataclass
@@ -181,7 +181,50 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #0f2a8ff3
+# %% ../nbs/03_model.ipynb #514893b6
+class SoftcapCrossEntropy(torch.autograd.Function):
+    "Summed cross-entropy of `softcap·tanh(h Wᵀ / softcap)` and its gradient, in one pass over row chunks."
+    @staticmethod
+    def forward(ctx, h, W, targets, softcap: float, chunk: int = 128):
+        N, need = h.size(0), torch.is_grad_enabled() or h.requires_grad or W.requires_grad
+        losses = torch.empty(N, dtype=torch.float32, device=h.device)
+        gh = torch.empty_like(h, dtype=torch.float32) if need else None
+        gW = torch.zeros_like(W, dtype=torch.float32) if need else None
+        Wf = W.float()   # a no-op in float32; one cast, not one per chunk, under bf16 autocast
+        for i in range(0, N, chunk):
+            hc, tc = h[i:i + chunk].float(), targets[i:i + chunk]
+            t = (hc @ Wf.T).mul_(1.0 / softcap).tanh_()
+            s = t * softcap
+            lse = torch.logsumexp(s, -1)
+            valid, tgt = tc >= 0, tc.clamp_min(0)
+            losses[i:i + chunk] = torch.where(valid, lse - s.gather(1, tgt[:, None])[:, 0], 0.0)
+            if need:   # d loss / d logits = (softmax − onehot)·(1 − tanh²), zero for ignored rows
+                dz = s.sub_(lse[:, None]).exp_()
+                dz[torch.arange(len(tc), device=h.device), tgt] -= 1
+                dz.mul_(valid[:, None]).mul_(t.mul_(t).neg_().add_(1))
+                gh[i:i + chunk] = dz @ Wf
+                gW.addmm_(dz.T, hc)
+        ctx.save_for_backward(gh, gW)
+        ctx.dtypes = (h.dtype, W.dtype)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad):   # grad is the same for every row (sum or mean), so the gradients were computed ahead
+        gh, gW = ctx.saved_tensors
+        g = grad[0]
+        return (gh * g).to(ctx.dtypes[0]), (gW * g).to(ctx.dtypes[1]), None, None, None
+
+def softcap_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, softcap: float,
+                          reduction: str = 'mean') -> torch.Tensor:
+    "Cross-entropy of the soft-capped head `h @ W.T` against `targets` (−1 ignored); reduction 'mean', 'sum' or 'none'."
+    if reduction == 'none' and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+        raise ValueError("reduction='none' with gradients needs the plain path")
+    losses = SoftcapCrossEntropy.apply(h.reshape(-1, h.size(-1)), W, targets.reshape(-1), softcap)
+    if reduction == 'none': return losses.view(targets.shape)
+    total = losses.sum()
+    return total if reduction == 'sum' else total / (targets != -1).sum()
+
+# %% ../nbs/03_model.ipynb #fcda73d9
 class GPT(nn.Module):
     "A decoder-only transformer; see the chapter for each choice. `forward(idx, targets)` → logits or loss."
     def __init__(self, config: GPTConfig):
@@ -232,14 +275,18 @@ class GPT(nn.Module):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, cos, sin, ve, kv_cache)
         if kv_cache is not None: kv_cache.pos += T
-        logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()
+        x = norm(x)
+        if targets is not None and not torch.compiler.is_compiling() and (loss_reduction != 'none' or not torch.is_grad_enabled()):
+            return softcap_cross_entropy(x, self.lm_head.weight[:self.config.vocab_size], targets, self.config.softcap,
+                                         loss_reduction)
+        logits = self.lm_head(x)[..., :self.config.vocab_size].float()
         logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
         if targets is None: return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction=loss_reduction).view(-1 if loss_reduction == 'none' else ()).reshape(
                                    targets.shape if loss_reduction == 'none' else ())
 
-# %% ../nbs/03_model.ipynb #3f434ce8
+# %% ../nbs/03_model.ipynb #4a2466b9
 @torch.no_grad()
 def randomize_(model: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     "Add Gaussian noise to every parameter (in place), so that tests exercise every path, zero-initialised ones too."
@@ -247,7 +294,7 @@ def randomize_(model: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     for p in model.parameters(): p.add_(torch.randn(p.shape, generator=g).to(p) * std)
     return model
 
-# %% ../nbs/03_model.ipynb #7b773f3c
+# %% ../nbs/03_model.ipynb #cd8e7c62
 def build_model(config: GPTConfig, device: torch.device | str = 'cpu') -> GPT:
     "Build a `GPT` on the meta device, move it to `device` without initialising, then initialise it there."
     with torch.device('meta'): model = GPT(config)
@@ -255,7 +302,7 @@ def build_model(config: GPTConfig, device: torch.device | str = 'cpu') -> GPT:
     model.init_weights()
     return model
 
-# %% ../nbs/03_model.ipynb #87ae0856
+# %% ../nbs/03_model.ipynb #5d2dd029
 def num_scaling_params(self: GPT) -> dict[str, int]:
     "Parameter counts: embeddings (token + value), transformer matrices, lm_head, scalars, and total."
     count = lambda params: sum(p.numel() for p in params)
