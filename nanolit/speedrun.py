@@ -83,7 +83,7 @@ def step_done(name: str, tag: str, vocab_size: int) -> bool:
     if name in ('base', 'mid', 'sft'): return stage_finished(name, tag)
     return (get_run_dir(name.split()[1], tag) / 'eval.json').exists()
 
-# %% ../nbs/17_speedrun.ipynb #0556cc0e
+# %% ../nbs/17_speedrun.ipynb #cab6e6e4
 def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -> dict:
     "report.md + losses.png in `out_dir`; returns the numbers it reports."
     import matplotlib; matplotlib.use('Agg')
@@ -105,6 +105,14 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
     acc = {s: {r['task']: r['accuracy'] for r in e['results']} for s, e in evals.items()}
     base_bpb = summaries.get('base', {}).get('val', {}).get('val')
     mid_replay = summaries.get('mid', {}).get('val', {}).get('replay')
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3), gridspec_kw={'width_ratios': [3, 1]})
+    for j, s in enumerate(s for s, _ in stages if s in acc):
+        a1.bar([i + 0.27 * (j - 1) for i in range(len(tasks))], [acc[s][t] for t in tasks], 0.27, label=s)
+    a1.set_xticks(range(len(tasks)), tasks); a1.set(ylabel='accuracy (held out)', ylim=(0, 1), title='skills'); a1.legend(fontsize=8)
+    if base_bpb and mid_replay:
+        a2.bar(['base', 'after mid'], [base_bpb, mid_replay], color=['tab:blue', 'tab:orange'])
+        a2.set(ylabel='bits per byte', title='pretraining text (forgetting)')
+    fig.tight_layout(); fig.savefig(out_dir / 'skills_forgetting.png', dpi=100); plt.close(fig)
     numbers = {'accuracy': acc, 'base_val_bpb': base_bpb, 'mid_replay_bpb': mid_replay,
                'forgetting': (mid_replay / base_bpb - 1) if base_bpb and mid_replay else None}
     lines = [f"# nanolit speedrun: preset `{preset}`", '',
@@ -120,7 +128,8 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
         sm = summaries.get(s, {})
         lines.append(f"| {s} | {timings.get(s, 0):.0f} s | {sm.get('step', '–')} | {sm.get('tokens', 0):,} | "
                      + ', '.join(f"{k} {v:.4f}" for k, v in sm.get('val', {}).items()) + ' |')
-    lines += ['', '![losses](losses.png)', '', '## Preset', '', '```', json.dumps(p, indent=1), '```']
+    lines += ['', '![skills and forgetting](skills_forgetting.png)', '', '![losses](losses.png)', '', '## Preset', '', '```',
+              json.dumps(p, indent=1), '```']
     (out_dir / 'report.md').write_text('\n'.join(lines) + '\n')
     (out_dir / 'report.json').write_text(json.dumps({**numbers, 'timings': timings}, indent=1))
     return numbers

@@ -74,6 +74,13 @@ def test_base_world2_equals_world1_and_exact_resume(base_dir):
     assert losses(base_dir, 'base_checkpoints', 'r1') == l1
     a, b = weights(base_dir, 'base_checkpoints', 'r1'), weights(base_dir, 'base_checkpoints', 'w1')
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # two processes interrupted and resumed on two processes: identical to the straight 2-process run (bitwise)
+    stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r22'], base_dir, nproc=2,
+          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '3'})
+    stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r22'], base_dir, nproc=2)
+    assert losses(base_dir, 'base_checkpoints', 'r22') == l2
+    a, b = weights(base_dir, 'base_checkpoints', 'r22'), weights(base_dir, 'base_checkpoints', 'w2')
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # two processes interrupted (SIGTERM in rank 0), resumed on one process: the same curve
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r2'], base_dir, nproc=2,
           env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '4'})
