@@ -48,6 +48,11 @@ def weights(base_dir, stage_dir, tag):
     return torch.load(d / f'step_{step:06d}' / 'model.pt')
 
 def max_rel(a, b):
+    "The largest per-tensor relative difference ||a - b|| / ||b|| (L2) over the model's parameters."
+    return max(((a[k] - b[k]).double().norm() / b[k].double().norm().clamp_min(1e-12)).item() for k in a)
+
+def max_elem(a, b):
+    "The largest per-tensor max|a - b| / max|b| (reported, not asserted: see the comment in the first test)."
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
 
 def meta(base_dir, stage_dir, tag):
@@ -60,12 +65,14 @@ def test_base_world2_equals_world1_and_exact_resume(base_dir):
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'w2'], base_dir, nproc=2)
     l1, l2 = losses(base_dir, 'base_checkpoints', 'w1'), losses(base_dir, 'base_checkpoints', 'w2')
     rel = max(abs(a - b) / abs(b) for a, b in zip(l1, l2))
-    prm = max_rel(weights(base_dir, 'base_checkpoints', 'w2'), weights(base_dir, 'base_checkpoints', 'w1'))
-    print(f"base world 2 vs world 1: per-step loss max rel diff {rel:.2e}, final params {prm:.2e}")
-    # Losses agree to ~1e-7. Parameters agree to ~1e-4 only: per-rank gradients differ from the 1-process ones in the
-    # last bits (BLAS rounding depends on memory layout), and Muon (orthogonalising nearly rank-deficient early
-    # gradients) and Adam (dividing nearly-zero gradients by their size) amplify that noise in a few tensors.
-    assert len(l1) == len(l2) == 8 and rel <= 1e-5 and prm <= 1e-3
+    w2, w1 = weights(base_dir, 'base_checkpoints', 'w2'), weights(base_dir, 'base_checkpoints', 'w1')
+    prm, elem = max_rel(w2, w1), max_elem(w2, w1)
+    print(f"base world 2 vs world 1: per-step loss max rel diff {rel:.2e}, final params (per-tensor L2) {prm:.2e}, "
+          f"largest single element {elem:.2e}")
+    # The per-rank gradients differ from the 1-process ones in the last bits (a kernel's rounding depends on the
+    # process's allocation history), and Muon, orthogonalising the nearly rank-deficient early gradients of the
+    # attention projections, amplifies that in a few elements (~1e-4 of their tensor's largest), not in the tensors.
+    assert len(l1) == len(l2) == 8 and rel <= 1e-5 and prm <= 1e-5
     # one process: interrupted by SIGTERM after step 3, resumed, identical to straight (bitwise)
     res = stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r1'], base_dir,
                 env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '3'})
@@ -90,7 +97,7 @@ def test_base_world2_equals_world1_and_exact_resume(base_dir):
     rel = max(abs(a - b) / abs(b) for a, b in zip(lr2, l2))
     prm = max_rel(weights(base_dir, 'base_checkpoints', 'r2'), weights(base_dir, 'base_checkpoints', 'w2'))
     print(f"base 2 processes -> SIGTERM at step 4 -> resumed on 1 process: loss rel diff {rel:.2e}, params {prm:.2e}")
-    assert len(lr2) == 8 and rel <= 1e-5 and prm <= 1e-3   # see above for the parameters
+    assert len(lr2) == 8 and rel <= 1e-5 and prm <= 1e-5
 
 @pytest.fixture(scope='module')
 def with_base(base_dir):
@@ -111,8 +118,9 @@ def test_mid_and_sft_exact_resume_and_two_processes(with_base):
     stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm3'], bd, nproc=2)
     l3, l1 = losses(bd, 'mid_checkpoints', 'm3'), losses(bd, 'mid_checkpoints', 'm1')
     rel = max(abs(x - y) / abs(y) for x, y in zip(l3, l1))
-    print(f"mid world 2 vs world 1: per-step loss max rel diff {rel:.2e}")
-    assert len(l3) == 6 and rel <= 1e-5
+    prm = max_rel(weights(bd, 'mid_checkpoints', 'm3'), weights(bd, 'mid_checkpoints', 'm1'))
+    print(f"mid world 2 vs world 1: per-step loss max rel diff {rel:.2e}, final params (per-tensor L2) {prm:.2e}")
+    assert len(l3) == 6 and rel <= 1e-5 and prm <= 1e-5
     # SFT from the midtrained model: straight vs interrupted + resumed
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's1'], bd)
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's2'], bd,
