@@ -155,7 +155,7 @@ def get_base_dir() -> Path:
     base.mkdir(parents=True, exist_ok=True)
     return base
 
-# %% ../nbs/00_common.ipynb #c7c68990
+# %% ../nbs/00_common.ipynb #ea26f681
 GPU_PEAK_FLOPS = (  # (substring of torch.cuda.get_device_name(), dense bf16 FLOP/s); first match wins
     ('GH200', 989e12), ('H200', 989e12), ('H100 NVL', 835e12), ('H100 PCIe', 756e12), ('H100', 989e12),
     ('H800', 989e12), ('B200', 2.25e15), ('A100', 312e12), ('A800', 312e12), ('L40S', 362e12), ('L4', 121e12),
@@ -163,7 +163,11 @@ GPU_PEAK_FLOPS = (  # (substring of torch.cuda.get_device_name(), dense bf16 FLO
 )
 
 def get_peak_flops(device_name: str) -> float | None:
-    "Dense bf16 peak FLOP/s for a GPU name like 'NVIDIA H100 80GB HBM3'; None when the GPU is not in the table."
+    """Dense bf16 peak FLOP/s for a GPU name like 'NVIDIA H100 80GB HBM3'; None when the GPU is not in the table.
+
+    >>> get_peak_flops('NVIDIA H100 80GB HBM3') / 1e12
+    989.0
+    """
     for key, flops in GPU_PEAK_FLOPS:
         if key.lower() in device_name.lower(): return flops
     return None

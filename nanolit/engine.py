@@ -21,7 +21,7 @@ from .tokenizer import Tokenizer
 # %% auto #0
 __all__ = ['calculator', 'sample_next_token', 'Engine']
 
-# %% ../nbs/04_engine.ipynb #e8c9a5c3
+# %% ../nbs/04_engine.ipynb #e3e4204d
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 def _format_number(x) -> str:
@@ -32,7 +32,11 @@ def _format_number(x) -> str:
     return str(x)
 
 def calculator(expr: str, timeout: float = 0.05, max_len: int = 256) -> str | None:
-    "Evaluate arithmetic (+ − × ÷, parentheses) or `'word'.count('x')` safely; the result as text, or None."
+    """Evaluate arithmetic (+ − × ÷, parentheses) or `'word'.count('x')` safely; the result as text, or None.
+
+    >>> calculator('48/2'), calculator("'strawberry'.count('r')"), calculator("__import__('os')")
+    ('24', '3', None)
+    """
     if len(expr) > max_len: return None
     expr = re.sub(r'(?<=\d),(?=\d{3}\b)', '', expr.strip()).replace('×', '*').replace('÷', '/')
     try: tree = ast.parse(expr, mode='eval')

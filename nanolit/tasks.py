@@ -102,7 +102,7 @@ class ARC(HubTask):
         labels = list(row['choices']['label'])
         return multiple_choice_conversation(row['question'], list(row['choices']['text']), labels.index(row['answerKey']))
 
-# %% ../nbs/08_tasks.ipynb #99ef064a
+# %% ../nbs/08_tasks.ipynb #ec279619
 def gsm8k_parts(answer: str) -> list[dict]:
     "Split a GSM8K answer into text, python (the expression) and python_output (its value) parts."
     parts, pos = [], 0
@@ -115,7 +115,11 @@ def gsm8k_parts(answer: str) -> list[dict]:
     return parts
 
 def extract_final_number(text: str) -> str | None:
-    "The number after the last '####' (GSM8K's answer marker), else the last number in `text`; commas removed."
+    """The number after the last '####' (GSM8K's answer marker), else the last number in `text`; commas removed.
+
+    >>> extract_final_number('48 + 24 = 72 clips. #### 72'), extract_final_number('it costs 1,250 dollars')
+    ('72', '1250')
+    """
     tail = text.rsplit('####', 1)[-1] if '####' in text else text
     nums = re.findall(r'-?\d[\d,]*\.?\d*', tail)
     return nums[-1 if '####' not in text else 0].replace(',', '').rstrip('.') if nums else None
