@@ -19,9 +19,9 @@ import torch
 from .data import Item, _item
 
 # %% auto #0
-__all__ = ['LETTERS', 'ASSETS', 'TASKS', 'Task', 'load_rows', 'HubTask', 'SmolTalk', 'multiple_choice_conversation', 'MMLU',
-           'ARC', 'gsm8k_parts', 'extract_final_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON',
-           'word_list', 'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
+__all__ = ['LETTERS', 'TASKS', 'Task', 'load_rows', 'HubTask', 'SmolTalk', 'multiple_choice_conversation', 'MMLU', 'ARC',
+           'gsm8k_parts', 'extract_final_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON', 'word_list',
+           'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
            'draw_mixture_rows', 'mixture_spec', 'build_task', 'build_mixture_stream']
 
 # %% ../nbs/08_tasks.ipynb #db740297
@@ -134,14 +134,13 @@ class GSM8K(HubTask):
     def evaluate(self, conversation, completion: str) -> bool:
         return extract_final_number(completion) == conversation['answer']
 
-# %% ../nbs/08_tasks.ipynb #186cf85b
-ASSETS = Path(__file__).resolve().parent / 'assets' if '__file__' in globals() else Path('../nanolit/assets').resolve()
-
+# %% ../nbs/08_tasks.ipynb #b5a7452c
 def identity_conversations_path() -> Path:
-    "The identity conversations shipped with nanolit."
-    for p in (ASSETS, Path(__import__('nanolit').__file__).parent / 'assets'):
-        if (p / 'identity_conversations.jsonl').exists(): return p / 'identity_conversations.jsonl'
-    raise FileNotFoundError("nanolit's assets/identity_conversations.jsonl is missing: reinstall nanolit")
+    "The identity conversations shipped with nanolit (in the installed package's `assets/`)."
+    import nanolit
+    path = Path(nanolit.__file__).parent / 'assets' / 'identity_conversations.jsonl'
+    if not path.exists(): raise FileNotFoundError(f"{path} is missing: reinstall nanolit (pip install -e .)")
+    return path
 
 class CustomJSON(Task):
     "Conversations from a .jsonl file, one per line."
