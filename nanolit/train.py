@@ -104,7 +104,7 @@ def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
 
-# %% ../nbs/10_train.ipynb #a88146ae
+# %% ../nbs/10_train.ipynb #4d0cf1a1
 def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: TrainConfig, run_dir: Path | str,
           meta: dict, token_bytes: torch.Tensor, resume: dict | None = None, wandb_run=None) -> dict:
     """Train until the horizon, the end of the data, or a stop signal; checkpoint into `run_dir`; return a summary.
@@ -209,7 +209,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 eta = f"{left * dt / 60:.1f} min" if left is not None else f"{(1 - loader.progress) / max(1e-9, loader.progress) * st.train_time / 60:.1f} min"
                 print0(f"step {st.step:05d}{f'/{cfg.num_iterations:05d}' if cfg.num_iterations > 0 else ''} | loss {debiased:.4f} "
                        f"| lrm {lrm:.3f} | {dt * 1000:.0f} ms | {tok_s:,.0f} tok/s" + (f" | mfu {mfu:.1%}" if mfu else '')
-                       + f" | epoch {loader.epoch} | progress {loader.progress:.3f} | eta {eta}")
+                       + f" | epoch {loader.epoch}" + (f" | progress {loader.progress:.3f}" if loader.progress else '')
+                       + f" | eta {eta}")
     finally:
         stop.close()
         if bar is not None: bar.close()
