@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
-           'CausalSelfAttention', 'MLP', 'Block', 'SoftcapCrossEntropy', 'softcap_cross_entropy', 'GPT', 'randomize_',
-           'build_model', 'num_scaling_params', 'estimate_flops']
+           'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'SoftcapCrossEntropy', 'softcap_cross_entropy',
+           'GPT', 'randomize_', 'build_model', 'num_scaling_params', 'estimate_flops']
 
 # %% ../nbs/03_model.ipynb #8fc33dbf
 @dataclass
@@ -181,29 +181,36 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #514893b6
+# %% ../nbs/03_model.ipynb #cddf3119
+def loss_chunk_rows(n_rows: int, vocab: int) -> int:
+    "Rows per chunk of the fused head: at most 16 MiB of fp32 logits, and at most 16 chunks under `torch.compile`."
+    rows = max(1, 2 ** 22 // vocab)
+    return max(rows, math.ceil(n_rows / 16)) if torch.compiler.is_compiling() else rows
+
 class SoftcapCrossEntropy(torch.autograd.Function):
-    "Summed cross-entropy of `softcap·tanh(h Wᵀ / softcap)` and its gradient, in one pass over row chunks."
+    "Per-row cross-entropy of `softcap·tanh(h Wᵀ / softcap)` and (if `need_grad`) its gradient, over row chunks."
     @staticmethod
-    def forward(ctx, h, W, targets, softcap: float, chunk: int = 128):
-        N, need = h.size(0), torch.is_grad_enabled() or h.requires_grad or W.requires_grad
-        losses = torch.empty(N, dtype=torch.float32, device=h.device)
-        gh = torch.empty_like(h, dtype=torch.float32) if need else None
-        gW = torch.zeros_like(W, dtype=torch.float32) if need else None
-        Wf = W.float()   # a no-op in float32; one cast, not one per chunk, under bf16 autocast
+    def forward(ctx, h, W, targets, softcap: float, chunk: int, need_grad: bool, dtype: torch.dtype):
+        N, dev = h.size(0), h.device
+        losses = torch.empty(N, dtype=torch.float32, device=dev)
+        gh = torch.empty(h.shape, dtype=torch.float32, device=dev) if need_grad else None
+        gW = torch.zeros(W.shape, dtype=torch.float32, device=dev) if need_grad else None
+        Wd = W.to(dtype)   # the matmul dtype: a no-op in float32, one cast (not one per chunk) under bf16 autocast
         for i in range(0, N, chunk):
-            hc, tc = h[i:i + chunk].float(), targets[i:i + chunk]
-            t = (hc @ Wf.T).mul_(1.0 / softcap).tanh_()
+            hc, tc = h[i:i + chunk].to(dtype), targets[i:i + chunk]
+            cols = torch.arange(len(tc), device=dev)
+            t = (Wd @ hc.T).float().mul_(1.0 / softcap).tanh_()   # (vocab, rows)
             s = t * softcap
-            lse = torch.logsumexp(s, -1)
+            lse = torch.logsumexp(s, 0)
             valid, tgt = tc >= 0, tc.clamp_min(0)
-            losses[i:i + chunk] = torch.where(valid, lse - s.gather(1, tgt[:, None])[:, 0], 0.0)
-            if need:   # d loss / d logits = (softmax − onehot)·(1 − tanh²), zero for ignored rows
-                dz = s.sub_(lse[:, None]).exp_()
-                dz[torch.arange(len(tc), device=h.device), tgt] -= 1
-                dz.mul_(valid[:, None]).mul_(t.mul_(t).neg_().add_(1))
-                gh[i:i + chunk] = dz @ Wf
-                gW.addmm_(dz.T, hc)
+            losses[i:i + chunk] = torch.where(valid, lse - s[tgt, cols], 0.0)
+            if need_grad:   # d loss / d logits = (softmax − onehot)·(1 − tanh²), zero for ignored rows
+                dz = s.sub_(lse).exp_()
+                dz[tgt, cols] -= 1
+                dz = dz.mul_(valid).mul_(t.mul_(t).neg_().add_(1)).to(dtype)
+                gh[i:i + chunk] = dz.T @ Wd
+                if dtype == torch.float32: gW.addmm_(dz, hc)
+                else: gW += (dz @ hc).float()
         ctx.save_for_backward(gh, gW)
         ctx.dtypes = (h.dtype, W.dtype)
         return losses
@@ -212,19 +219,23 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):   # grad is the same for every row (sum or mean), so the gradients were computed ahead
         gh, gW = ctx.saved_tensors
         g = grad[0]
-        return (gh * g).to(ctx.dtypes[0]), (gW * g).to(ctx.dtypes[1]), None, None, None
+        return (gh * g).to(ctx.dtypes[0]), (gW * g).to(ctx.dtypes[1]), None, None, None, None, None
 
 def softcap_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, softcap: float,
-                          reduction: str = 'mean') -> torch.Tensor:
+                          reduction: str = 'mean', chunk: int | None = None) -> torch.Tensor:
     "Cross-entropy of the soft-capped head `h @ W.T` against `targets` (−1 ignored); reduction 'mean', 'sum' or 'none'."
-    if reduction == 'none' and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
-        raise ValueError("reduction='none' with gradients needs the plain path")
-    losses = SoftcapCrossEntropy.apply(h.reshape(-1, h.size(-1)), W, targets.reshape(-1), softcap)
+    need_grad = torch.is_grad_enabled() and (h.requires_grad or W.requires_grad)
+    if reduction == 'none' and need_grad: raise ValueError("reduction='none' with gradients needs the plain path")
+    dev = h.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, W.dtype)
+    h2 = h.reshape(-1, h.size(-1))
+    losses = SoftcapCrossEntropy.apply(h2, W, targets.reshape(-1), softcap, chunk or loss_chunk_rows(len(h2), len(W)),
+                                       need_grad, dtype)
     if reduction == 'none': return losses.view(targets.shape)
     total = losses.sum()
     return total if reduction == 'sum' else total / (targets != -1).sum()
 
-# %% ../nbs/03_model.ipynb #fcda73d9
+# %% ../nbs/03_model.ipynb #3d66fd30
 class GPT(nn.Module):
     "A decoder-only transformer; see the chapter for each choice. `forward(idx, targets)` → logits or loss."
     def __init__(self, config: GPTConfig):
@@ -276,7 +287,7 @@ class GPT(nn.Module):
             x = block(x, cos, sin, ve, kv_cache)
         if kv_cache is not None: kv_cache.pos += T
         x = norm(x)
-        if targets is not None and not torch.compiler.is_compiling() and (loss_reduction != 'none' or not torch.is_grad_enabled()):
+        if targets is not None and (loss_reduction != 'none' or not torch.is_grad_enabled()):
             return softcap_cross_entropy(x, self.lm_head.weight[:self.config.vocab_size], targets, self.config.softcap,
                                          loss_reduction)
         logits = self.lm_head(x)[..., :self.config.vocab_size].float()
@@ -286,7 +297,7 @@ class GPT(nn.Module):
                                reduction=loss_reduction).view(-1 if loss_reduction == 'none' else ()).reshape(
                                    targets.shape if loss_reduction == 'none' else ())
 
-# %% ../nbs/03_model.ipynb #4a2466b9
+# %% ../nbs/03_model.ipynb #e63123bc
 @torch.no_grad()
 def randomize_(model: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     "Add Gaussian noise to every parameter (in place), so that tests exercise every path, zero-initialised ones too."
@@ -294,7 +305,7 @@ def randomize_(model: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     for p in model.parameters(): p.add_(torch.randn(p.shape, generator=g).to(p) * std)
     return model
 
-# %% ../nbs/03_model.ipynb #cd8e7c62
+# %% ../nbs/03_model.ipynb #d205a533
 def build_model(config: GPTConfig, device: torch.device | str = 'cpu') -> GPT:
     "Build a `GPT` on the meta device, move it to `device` without initialising, then initialise it there."
     with torch.device('meta'): model = GPT(config)
@@ -302,7 +313,7 @@ def build_model(config: GPTConfig, device: torch.device | str = 'cpu') -> GPT:
     model.init_weights()
     return model
 
-# %% ../nbs/03_model.ipynb #5d2dd029
+# %% ../nbs/03_model.ipynb #5d7be95f
 def num_scaling_params(self: GPT) -> dict[str, int]:
     "Parameter counts: embeddings (token + value), transformer matrices, lm_head, scalars, and total."
     count = lambda params: sum(p.numel() for p in params)
