@@ -181,10 +181,10 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #cddf3119
-def loss_chunk_rows(n_rows: int, vocab: int) -> int:
-    "Rows per chunk of the fused head: at most 16 MiB of fp32 logits, and at most 16 chunks under `torch.compile`."
-    rows = max(1, 2 ** 22 // vocab)
+# %% ../nbs/03_model.ipynb #df553a29
+def loss_chunk_rows(n_rows: int, vocab: int, device_type: str = 'cpu') -> int:
+    "Rows per chunk of the fused head: ≤16 MiB of fp32 logits on the CPU, ≤1 GiB on a GPU; ≤16 chunks when compiling."
+    rows = max(1, (2 ** 22 if device_type == 'cpu' else 2 ** 28) // vocab)
     return max(rows, math.ceil(n_rows / 16)) if torch.compiler.is_compiling() else rows
 
 class SoftcapCrossEntropy(torch.autograd.Function):
@@ -229,8 +229,8 @@ def softcap_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tenso
     dev = h.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, W.dtype)
     h2 = h.reshape(-1, h.size(-1))
-    losses = SoftcapCrossEntropy.apply(h2, W, targets.reshape(-1), softcap, chunk or loss_chunk_rows(len(h2), len(W)),
-                                       need_grad, dtype)
+    rows = chunk or loss_chunk_rows(len(h2), len(W), dev)
+    losses = SoftcapCrossEntropy.apply(h2, W, targets.reshape(-1), softcap, rows, need_grad, dtype)
     if reduction == 'none': return losses.view(targets.shape)
     total = losses.sum()
     return total if reduction == 'sum' else total / (targets != -1).sum()
