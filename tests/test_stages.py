@@ -133,6 +133,24 @@ def test_mid_and_sft_exact_resume_and_two_processes(with_base):
     print(f"sft world 2 vs world 1: per-step loss max rel diff {rel:.2e}")
     assert len(l3) == 5 and rel <= 1e-5
 
+def test_eval_two_processes_equals_one(with_base, tmp_path):
+    "nanolit_eval splits the problems across ranks (unevenly here: 9 = 5 + 4) and all-reduces the counts."
+    rng = torch.Generator().manual_seed(0)
+    words = ['red', 'blue', 'green', 'cat', 'dog', 'tree', 'sun', 'moon', 'rain', 'sand', 'salt', 'milk']
+    rows = [{'question': f"Which word is number {i}?", 'subject': 'test', 'answer': i % 4,
+             'choices': [words[j] for j in torch.randperm(len(words), generator=rng)[:4].tolist()]} for i in range(9)]
+    mmlu = tmp_path / 'mmlu.jsonl'
+    mmlu.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    args = ['--source', 'base', '--model-tag', 'd2', '--tasks', 'MMLU,Arithmetic', '--max-problems', '9',
+            '--max-tokens', '6', '--task-path', f'MMLU={mmlu}']
+    stage('nanolit.eval', args + ['--out', str(tmp_path / 'e1.json')], with_base)
+    stage('nanolit.eval', args + ['--out', str(tmp_path / 'e2.json')], with_base, nproc=2)
+    e1, e2 = (json.loads((tmp_path / f).read_text()) for f in ('e1.json', 'e2.json'))
+    keep = lambda e: [{k: r[k] for k in ('task', 'problems', 'correct', 'accuracy', 'chance')} for r in e['results']]
+    print('eval, 1 process:', keep(e1), '\neval, 2 processes:', keep(e2))
+    assert [r['problems'] for r in e1['results']] == [9, 9]
+    assert keep(e1) == keep(e2) and e1['centered_mean'] == e2['centered_mean']
+
 def test_sigterm_to_torchrun_leaves_a_whole_checkpoint(with_base):
     bd = with_base
     env = {**os.environ, 'NANOLIT_BASE_DIR': str(bd), 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
