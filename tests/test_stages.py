@@ -1,8 +1,9 @@
 """The stage CLIs end to end, as users run them: alone and under a real 2-process torchrun on the CPU (gloo).
 
-Covers: world 2 == world 1 with twice the accumulation; --compile 1 == eager; nanolit_eval on 2 processes == 1; exact resume after SIGTERM (bitwise on one process) for
-base, mid and SFT; a 2-process run resumed on 1 process; SIGTERM sent to torchrun itself; kill -9 during a save; and
-the bad inputs, each of which must give a one-line error naming the fix, a non-zero exit, and overwrite nothing.
+Covers: world 2 == world 1 with twice the accumulation; --compile 1 == eager; nanolit_eval on 2 processes == 1;
+exact resume after SIGTERM (bitwise on one process) for base, mid and SFT; a 2-process run resumed on 1 process;
+SIGTERM sent to torchrun itself; kill -9 during a save; and the bad inputs, each of which must give a one-line error
+naming the fix, a non-zero exit, and overwrite nothing.
 """
 import json
 import os
