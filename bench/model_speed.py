@@ -70,7 +70,8 @@ def main():
     cfg = config_from_depth(args.depth, args.vocab, sequence_len=args.seq_len)
     model = GPT(cfg)
     fpt, tokens = model.estimate_flops(), args.batch * args.seq_len
-    attn_fpt = 12 * sum(min(w, args.seq_len) for w in cfg.window_sizes()) * cfg.head_dim * cfg.n_head
+    n = model.num_scaling_params()
+    matmul_fpt = 6 * (n['transformer_matrices'] + n['lm_head'])   # estimate_flops() less its attention term
     x = torch.randint(0, args.vocab, (args.batch, args.seq_len)); y = torch.randint(0, args.vocab, (args.batch, args.seq_len))
     rate = lambda times: 2 * 2048 ** 3 / statistics.median(times)
     blocks = [sgemm_times()]
@@ -104,7 +105,7 @@ def main():
         for kind, s in sorted(kinds.items(), key=lambda kv: -kv[1]):
             extra = ''
             if kind == 'matmul':
-                mm_rate = (fpt - attn_fpt) * tokens / s
+                mm_rate = matmul_fpt * tokens / s
                 extra = (f"  {mm_rate / 1e9:.0f} GFLOP/s = {mm_rate / peak:.2f}x sgemm: with nothing else in the step, "
                          f"MFU would be {(fpt * tokens / s) / peak:.2f}")
             print(f"  {kind:17s} {s * 1e3:6.0f} ms  {s / total:4.0%}{extra}")

@@ -1,10 +1,12 @@
 """Shared helpers for the multi-process tests: launch real `torchrun` on the CPU (gloo), never a mock."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parent
 WORKERS = TESTS / 'workers'
@@ -20,6 +22,14 @@ def run(cmd, env_extra=None, timeout=300, cwd=None) -> subprocess.CompletedProce
     env.pop('RANK', None); env.pop('WORLD_SIZE', None); env.pop('LOCAL_RANK', None)
     env.update(env_extra or {})
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+def max_rel(a: dict, b: dict) -> float:
+    "The largest per-tensor relative difference ||a - b|| / ||b|| (L2) over the tensors of `b` (weights, gradients)."
+    return max(((a[k] - b[k]).double().norm() / b[k].double().norm().clamp_min(1e-12)).item() for k in b)
+
+# torch.compile on the CPU writes C++ and needs a compiler; .ci/setup cannot install one, so say so instead of failing.
+needs_cxx = pytest.mark.skipif(shutil.which('c++') is None and shutil.which('g++') is None,
+                               reason='torch.compile on the CPU needs a C++ compiler (install g++)')
 
 @pytest.fixture
 def base_dir(tmp_path, monkeypatch):

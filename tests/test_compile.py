@@ -4,15 +4,13 @@ The fused head + soft-cap + cross-entropy (`SoftcapCrossEntropy`, chapter 03) is
 run as an eager island, so these tests check that the traced version computes what the eager one does, in float32
 and under bf16 autocast (the CPU's autocast stands in for the GPU's, which cannot be run here).
 """
-import shutil
-
 import pytest
 import torch
 
+from conftest import max_rel, needs_cxx
 from nanolit.model import GPT, GPTConfig, randomize_
 
-pytestmark = pytest.mark.skipif(shutil.which('c++') is None and shutil.which('g++') is None,
-                                reason='torch.compile on the CPU needs a C++ compiler (install g++)')
+pytestmark = needs_cxx
 
 @pytest.fixture(scope='module')
 def setup():
@@ -26,10 +24,6 @@ def loss_and_grads(model, fwd, idx, targets):
     model.zero_grad(set_to_none=True)
     loss = fwd(idx, targets); loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-def max_rel(g, ref):
-    "The largest relative L2 difference of one parameter's gradient."
-    return max(((g[n] - ref[n]).norm() / ref[n].norm()).item() for n in ref)
 
 def all_rel(g, ref):
     "The relative L2 difference of all gradients taken as one vector."

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import WORKERS, run, torchrun_cmd
+from conftest import WORKERS, max_rel, needs_cxx, run, torchrun_cmd
 
 TINY = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '2',
         '--total-batch-size', '512', '--eval-every', '-1', '--eval-tokens', '256', '--matrix-lr', '0.2',
@@ -47,10 +47,6 @@ def weights(base_dir, stage_dir, tag):
     d = Path(base_dir) / stage_dir / tag
     step = max(int(p.name[5:]) for p in d.glob('step_*'))
     return torch.load(d / f'step_{step:06d}' / 'model.pt')
-
-def max_rel(a, b):
-    "The largest per-tensor relative difference ||a - b|| / ||b|| (L2) over the model's parameters."
-    return max(((a[k] - b[k]).double().norm() / b[k].double().norm().clamp_min(1e-12)).item() for k in a)
 
 def max_elem(a, b):
     "The largest per-tensor max|a - b| / max|b| (reported, not asserted: see the comment in the first test)."
@@ -100,6 +96,7 @@ def test_base_world2_equals_world1_and_exact_resume(base_dir):
     print(f"base 2 processes -> SIGTERM at step 4 -> resumed on 1 process: loss rel diff {rel:.2e}, params {prm:.2e}")
     assert len(lr2) == 8 and rel <= 1e-5 and prm <= 1e-5
 
+@needs_cxx
 def test_compiled_training_matches_eager(base_dir):
     "The GPU presets train with --compile 1; the compiled model (fused head traced, one graph) must train the same."
     args = TINY + ['--num-iterations', '4', '--eval-every', '2']
