@@ -181,7 +181,7 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #df553a29
+# %% ../nbs/03_model.ipynb #3825ba9c
 def loss_chunk_rows(n_rows: int, vocab: int, device_type: str = 'cpu') -> int:
     "Rows per chunk of the fused head: ≤16 MiB of fp32 logits on the CPU, ≤1 GiB on a GPU; ≤16 chunks when compiling."
     rows = max(1, (2 ** 22 if device_type == 'cpu' else 2 ** 28) // vocab)
@@ -209,8 +209,8 @@ class SoftcapCrossEntropy(torch.autograd.Function):
                 dz[tgt, cols] -= 1
                 dz = dz.mul_(valid).mul_(t.mul_(t).neg_().add_(1)).to(dtype)
                 gh[i:i + chunk] = dz.T @ Wd
-                if dtype == torch.float32: gW.addmm_(dz, hc)
-                else: gW += (dz @ hc).float()
+                if dtype == torch.float32: gW.addmm_(dz, hc)   # in place, no temporary
+                else: gW += (dz @ hc).float()             # addmm_ would need float32 operands
         ctx.save_for_backward(gh, gW)
         ctx.dtypes = (h.dtype, W.dtype)
         return losses
