@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
-           'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'SoftcapCrossEntropy', 'softcap_cross_entropy',
-           'GPT', 'randomize_', 'build_model', 'num_scaling_params', 'estimate_flops']
+           'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'softcap_ce_chunk', 'SoftcapCrossEntropy',
+           'softcap_cross_entropy', 'GPT', 'randomize_', 'build_model', 'num_scaling_params', 'estimate_flops']
 
 # %% ../nbs/03_model.ipynb #8fc33dbf
 @dataclass
@@ -181,11 +181,37 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #3825ba9c
+# %% ../nbs/03_model.ipynb #de5f8e61
 def loss_chunk_rows(n_rows: int, vocab: int, device_type: str = 'cpu') -> int:
-    "Rows per chunk of the fused head: ≤16 MiB of fp32 logits on the CPU, ≤1 GiB on a GPU; ≤16 chunks when compiling."
-    rows = max(1, (2 ** 22 if device_type == 'cpu' else 2 ** 28) // vocab)
-    return max(rows, math.ceil(n_rows / 16)) if torch.compiler.is_compiling() else rows
+    "Rows per fused-head chunk: ≤16 MiB of fp32 logits on the CPU (64 MiB compiled), ≤1 GiB on a GPU; ≤16 compiled chunks."
+    compiling = torch.compiler.is_compiling()
+    budget = 2 ** 28 if device_type != 'cpu' else 2 ** 24 if compiling else 2 ** 22   # fp32 logits per chunk
+    rows = max(1, budget // vocab)
+    return max(rows, math.ceil(n_rows / 16)) if compiling else rows
+
+def softcap_ce_chunk(z: torch.Tensor, targets: torch.Tensor, softcap: float, need_grad: bool):
+    "Losses of one chunk of raw logits `z` (vocab, rows) and, if `need_grad`, their gradient with respect to `z`."
+    valid, tgt = targets >= 0, targets.clamp_min(0)
+    bounded = softcap + math.log(len(z)) < 80   # exp(logit) ≤ e^softcap, so Σ exp stays finite in fp32: no max pass
+    if torch.compiler.is_compiling():   # whole-tensor expressions, which the compiler fuses into two loops
+        u = torch.exp(z * (2 / softcap))
+        t = 1 - 2 / (u + 1)            # tanh(z / softcap) from one exp: the compiled tanh costs ~4 exps
+        s = softcap * t
+        lse = s.exp().sum(0).log() if bounded else torch.logsumexp(s, 0)
+        loss = torch.where(valid, lse - s.gather(0, tgt[None])[0], 0.0)
+        if not need_grad: return loss, None
+        onehot = torch.arange(len(z), device=z.device)[:, None] == targets
+        return loss, ((s - lse).exp() - onehot.float()) * ((1 - t * t) * valid)
+    t = z.mul_(1 / softcap).tanh_()   # eager: in place, one ATen kernel per step, no temporaries beyond `e`
+    cols = torch.arange(len(targets), device=z.device)
+    st = softcap * t[tgt, cols]
+    if bounded: e = t.mul(softcap).exp_(); total = e.sum(0); lse = total.log()
+    else: s = t * softcap; lse = torch.logsumexp(s, 0); e = s.sub_(lse).exp_()
+    loss = torch.where(valid, lse - st, 0.0)
+    if not need_grad: return loss, None
+    dz = e.div_(total) if bounded else e   # softmax
+    dz[tgt, cols] -= 1
+    return loss, dz.mul_(t.mul_(t).neg_().add_(1)).mul_(valid)   # (softmax − onehot)·(1 − tanh²), 0 if ignored
 
 class SoftcapCrossEntropy(torch.autograd.Function):
     "Per-row cross-entropy of `softcap·tanh(h Wᵀ / softcap)` and (if `need_grad`) its gradient, over row chunks."
@@ -197,17 +223,10 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         gW = torch.zeros(W.shape, dtype=torch.float32, device=dev) if need_grad else None
         Wd = W.to(dtype)   # the matmul dtype: a no-op in float32, one cast (not one per chunk) under bf16 autocast
         for i in range(0, N, chunk):
-            hc, tc = h[i:i + chunk].to(dtype), targets[i:i + chunk]
-            cols = torch.arange(len(tc), device=dev)
-            t = (Wd @ hc.T).float().mul_(1.0 / softcap).tanh_()   # (vocab, rows)
-            s = t * softcap
-            lse = torch.logsumexp(s, 0)
-            valid, tgt = tc >= 0, tc.clamp_min(0)
-            losses[i:i + chunk] = torch.where(valid, lse - s[tgt, cols], 0.0)
-            if need_grad:   # d loss / d logits = (softmax − onehot)·(1 − tanh²), zero for ignored rows
-                dz = s.sub_(lse).exp_()
-                dz[tgt, cols] -= 1
-                dz = dz.mul_(valid).mul_(t.mul_(t).neg_().add_(1)).to(dtype)
+            hc = h[i:i + chunk].to(dtype)
+            losses[i:i + chunk], dz = softcap_ce_chunk((Wd @ hc.T).float(), targets[i:i + chunk], softcap, need_grad)
+            if need_grad:
+                dz = dz.to(dtype)
                 gh[i:i + chunk] = dz.T @ Wd
                 if dtype == torch.float32: gW.addmm_(dz, hc)   # in place, no temporary
                 else: gW += (dz @ hc).float()             # addmm_ would need float32 operands
