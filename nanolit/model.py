@@ -181,13 +181,11 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #de5f8e61
+# %% ../nbs/03_model.ipynb #621ed340
 def loss_chunk_rows(n_rows: int, vocab: int, device_type: str = 'cpu') -> int:
-    "Rows per fused-head chunk: ≤16 MiB of fp32 logits on the CPU (64 MiB compiled), ≤1 GiB on a GPU; ≤16 compiled chunks."
-    compiling = torch.compiler.is_compiling()
-    budget = 2 ** 28 if device_type != 'cpu' else 2 ** 24 if compiling else 2 ** 22   # fp32 logits per chunk
-    rows = max(1, budget // vocab)
-    return max(rows, math.ceil(n_rows / 16)) if compiling else rows
+    "Rows per chunk of the fused head: ≤64 MiB of fp32 logits on the CPU, ≤1 GiB on a GPU; ≤16 chunks when compiling."
+    rows = max(1, (2 ** 24 if device_type == 'cpu' else 2 ** 28) // vocab)
+    return max(rows, math.ceil(n_rows / 16)) if torch.compiler.is_compiling() else rows
 
 def softcap_ce_chunk(z: torch.Tensor, targets: torch.Tensor, softcap: float, need_grad: bool):
     "Losses of one chunk of raw logits `z` (vocab, rows) and, if `need_grad`, their gradient with respect to `z`."
@@ -197,7 +195,10 @@ def softcap_ce_chunk(z: torch.Tensor, targets: torch.Tensor, softcap: float, nee
         u = torch.exp(z * (2 / softcap))
         t = 1 - 2 / (u + 1)            # tanh(z / softcap) from one exp: the compiled tanh costs ~4 exps
         s = softcap * t
-        lse = s.exp().sum(0).log() if bounded else torch.logsumexp(s, 0)
+        if bounded:   # summed in two stages, 8 rows then the rest: each stage reads nearby memory (~1.6× faster)
+            e = s.exp()
+            lse = (e.view(-1, 8, e.size(1)).sum(1) if len(e) % 8 == 0 else e).sum(0).log()
+        else: lse = torch.logsumexp(s, 0)
         loss = torch.where(valid, lse - s.gather(0, tgt[None])[0], 0.0)
         if not need_grad: return loss, None
         onehot = torch.arange(len(z), device=z.device)[:, None] == targets
@@ -220,7 +221,7 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         N, dev = h.size(0), h.device
         losses = torch.empty(N, dtype=torch.float32, device=dev)
         gh = torch.empty(h.shape, dtype=torch.float32, device=dev) if need_grad else None
-        gW = torch.zeros(W.shape, dtype=torch.float32, device=dev) if need_grad else None
+        gW = None
         Wd = W.to(dtype)   # the matmul dtype: a no-op in float32, one cast (not one per chunk) under bf16 autocast
         for i in range(0, N, chunk):
             hc = h[i:i + chunk].to(dtype)
@@ -228,8 +229,9 @@ class SoftcapCrossEntropy(torch.autograd.Function):
             if need_grad:
                 dz = dz.to(dtype)
                 gh[i:i + chunk] = dz.T @ Wd
-                if dtype == torch.float32: gW.addmm_(dz, hc)   # in place, no temporary
-                else: gW += (dz @ hc).float()             # addmm_ would need float32 operands
+                if gW is None: gW = (dz @ hc).float()           # the first chunk: no zeros to add to
+                elif dtype == torch.float32: gW.addmm_(dz, hc)   # in place, no temporary (compiled: one copy)
+                else: gW += (dz @ hc).float()                    # addmm_ would need float32 operands
         ctx.save_for_backward(gh, gW)
         ctx.dtypes = (h.dtype, W.dtype)
         return losses
@@ -254,7 +256,7 @@ def softcap_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tenso
     total = losses.sum()
     return total if reduction == 'sum' else total / (targets != -1).sum()
 
-# %% ../nbs/03_model.ipynb #3d66fd30
+# %% ../nbs/03_model.ipynb #c651924c
 class GPT(nn.Module):
     "A decoder-only transformer; see the chapter for each choice. `forward(idx, targets)` → logits or loss."
     def __init__(self, config: GPTConfig):
@@ -316,7 +318,7 @@ class GPT(nn.Module):
                                reduction=loss_reduction).view(-1 if loss_reduction == 'none' else ()).reshape(
                                    targets.shape if loss_reduction == 'none' else ())
 
-# %% ../nbs/03_model.ipynb #e63123bc
+# %% ../nbs/03_model.ipynb #f0a40825
 @torch.no_grad()
 def randomize_(model: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     "Add Gaussian noise to every parameter (in place), so that tests exercise every path, zero-initialised ones too."
@@ -324,7 +326,7 @@ def randomize_(model: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
     for p in model.parameters(): p.add_(torch.randn(p.shape, generator=g).to(p) * std)
     return model
 
-# %% ../nbs/03_model.ipynb #d205a533
+# %% ../nbs/03_model.ipynb #ee7c0ee5
 def build_model(config: GPTConfig, device: torch.device | str = 'cpu') -> GPT:
     "Build a `GPT` on the meta device, move it to `device` without initialising, then initialise it there."
     with torch.device('meta'): model = GPT(config)
@@ -332,7 +334,7 @@ def build_model(config: GPTConfig, device: torch.device | str = 'cpu') -> GPT:
     model.init_weights()
     return model
 
-# %% ../nbs/03_model.ipynb #5d7be95f
+# %% ../nbs/03_model.ipynb #96cc2686
 def num_scaling_params(self: GPT) -> dict[str, int]:
     "Parameter counts: embeddings (token + value), transformer matrices, lm_head, scalars, and total."
     count = lambda params: sum(p.numel() for p in params)

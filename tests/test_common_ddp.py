@@ -22,14 +22,22 @@ def test_failure_is_not_hidden_by_the_exit_hook():
     assert 'failing on purpose on rank 1' in res.stdout + res.stderr
 
 
-def test_compute_init_turns_on_huge_pages_before_the_first_tensor():
-    "On the CPU, compute_init turns on torch's huge-page allocation (it then aligns tensors to pages); a user's 0 wins."
-    code = ("from nanolit.common import compute_init; compute_init('cpu'); import torch; "
-            "print(torch.empty(2 ** 20).data_ptr() % 4096)")   # a 4 MiB tensor: 64-byte aligned when off
-    env = {k: v for k, v in os.environ.items() if k != 'THP_MEM_ALLOC_ENABLE'}
-    on = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
-    off = subprocess.run([sys.executable, '-c', code], env={**env, 'THP_MEM_ALLOC_ENABLE': '0'},
-                         capture_output=True, text=True, timeout=120)
-    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
-    assert on.stdout.strip() == '0', on.stdout
-    assert off.stdout.strip() != '0', off.stdout
+ALLOC_PROBE = """
+from nanolit.common import compute_init; compute_init('cpu')
+import torch
+small, big = torch.empty(2 ** 20), torch.empty(2 ** 24)   # 4 MiB and 64 MiB
+heap = [l.split()[0].split('-') for l in open('/proc/self/maps') if l.rstrip().endswith('[heap]')]
+in_heap = any(int(a, 16) <= big.data_ptr() < int(b, 16) for a, b in heap)
+print(small.data_ptr() % 4096 == 0, in_heap)
+"""
+
+def test_compute_init_tunes_the_cpu_allocator_and_respects_the_user():
+    "compute_init turns on torch's huge pages (page-aligned tensors) and glibc's heap for big blocks; the user's say wins."
+    env = {k: v for k, v in os.environ.items() if k != 'THP_MEM_ALLOC_ENABLE' and not k.startswith('MALLOC_')}
+    def probe(**extra):
+        res = subprocess.run([sys.executable, '-c', ALLOC_PROBE], env={**env, **extra}, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split()
+    assert probe() == ['True', 'True']   # huge pages on; a 64 MiB block served from the heap (kept when freed)
+    assert probe(THP_MEM_ALLOC_ENABLE='0', MALLOC_MMAP_MAX_='65536') == ['False', 'False']   # glibc's defaults
