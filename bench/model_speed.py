@@ -5,9 +5,10 @@
 CPU MFU = model FLOP/s (GPT.estimate_flops() x tokens/s) / FLOP/s of a 2048x2048 fp32 torch.mm, both measured in
 this run, on this machine, with the same threads. The sgemm is timed in three blocks of 7 (before the eager model,
 between eager and compiled, after compiled) and its rate is the median of all 21 timings: on a shared machine one
-block alone moved by 1.5x between runs. The step is forward + backward + AdamW update
-(torch's fused CPU kernel). Like every nanolit stage (`compute_init`), it first tunes the CPU allocator (huge pages,
-freed memory kept: see chapter 00; `THP_MEM_ALLOC_ENABLE=0` or `MALLOC_MMAP_MAX_=65536` turn either half off). Before timing, the compiled model's first loss is checked against the eager model's.
+block alone moved by 1.5x between runs. The step is forward + backward + AdamW update (torch's fused CPU kernel).
+Like every nanolit stage (`compute_init`), the script first tunes the CPU allocator: huge pages, and freed memory
+kept for reuse (chapter 00; `THP_MEM_ALLOC_ENABLE=0` or `MALLOC_MMAP_MAX_=65536` in the environment turn either half
+off, to measure without). Before timing, the compiled model's first loss is checked against the eager model's.
 Then a profile of the compiled step says where the time goes: matmuls (and the rate they ran at, against the
 sgemm baseline), attention, the compiler's fused elementwise kernels, the optimizer, the rest.
 Last line (the headline): the compiled step's tokens/s and its ratio to the sgemm roofline.
@@ -92,7 +93,8 @@ def main():
         compile_s = time.perf_counter() - t0
         blocks.append(sgemm_times())
     peak = rate([t for b in blocks for t in b])
-    print(f"threads {torch.get_num_threads()}; allocator {alloc}\nsgemm 2048^3: {peak / 1e9:.1f} GFLOP/s, the median of {len(blocks)} blocks "
+    print(f"threads {torch.get_num_threads()}; allocator {alloc}")
+    print(f"sgemm 2048^3: {peak / 1e9:.1f} GFLOP/s, the median of {len(blocks)} blocks "
           f"({', '.join(f'{rate(b) / 1e9:.0f}' for b in blocks)}); model {fpt / 1e6:.1f} MFLOP/token "
           f"(roofline at sgemm speed: {peak / fpt:,.0f} tok/s)")
     print(f"eager:    {eager:8,.0f} tok/s  MFU vs sgemm {eager * fpt / peak:.2f}")

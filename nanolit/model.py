@@ -181,14 +181,14 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #621ed340
+# %% ../nbs/03_model.ipynb #48e2ac96
 def loss_chunk_rows(n_rows: int, vocab: int, device_type: str = 'cpu') -> int:
     "Rows per chunk of the fused head: ≤64 MiB of fp32 logits on the CPU, ≤1 GiB on a GPU; ≤16 chunks when compiling."
     rows = max(1, (2 ** 24 if device_type == 'cpu' else 2 ** 28) // vocab)
     return max(rows, math.ceil(n_rows / 16)) if torch.compiler.is_compiling() else rows
 
 def softcap_ce_chunk(z: torch.Tensor, targets: torch.Tensor, softcap: float, need_grad: bool):
-    "Losses of one chunk of raw logits `z` (vocab, rows) and, if `need_grad`, their gradient with respect to `z`."
+    "Losses of one chunk of raw logits `z` (vocab, rows; overwritten) and, if `need_grad`, their gradient in `z`."
     valid, tgt = targets >= 0, targets.clamp_min(0)
     bounded = softcap + math.log(len(z)) < 80   # exp(logit) ≤ e^softcap, so Σ exp stays finite in fp32: no max pass
     if torch.compiler.is_compiling():   # whole-tensor expressions, which the compiler fuses into two loops
