@@ -181,7 +181,7 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
 
-# %% ../nbs/03_model.ipynb #48e2ac96
+# %% ../nbs/03_model.ipynb #1ccc1311
 def loss_chunk_rows(n_rows: int, vocab: int, device_type: str = 'cpu') -> int:
     "Rows per chunk of the fused head: ≤64 MiB of fp32 logits on the CPU, ≤1 GiB on a GPU; ≤16 chunks when compiling."
     rows = max(1, (2 ** 24 if device_type == 'cpu' else 2 ** 28) // vocab)
@@ -221,7 +221,7 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         N, dev = h.size(0), h.device
         losses = torch.empty(N, dtype=torch.float32, device=dev)
         gh = torch.empty(h.shape, dtype=torch.float32, device=dev) if need_grad else None
-        gW = None
+        gW = torch.zeros(W.shape, dtype=torch.float32, device=dev) if need_grad else None
         Wd = W.to(dtype)   # the matmul dtype: a no-op in float32, one cast (not one per chunk) under bf16 autocast
         for i in range(0, N, chunk):
             hc = h[i:i + chunk].to(dtype)
@@ -229,9 +229,8 @@ class SoftcapCrossEntropy(torch.autograd.Function):
             if need_grad:
                 dz = dz.to(dtype)
                 gh[i:i + chunk] = dz.T @ Wd
-                if gW is None: gW = (dz @ hc).float()           # the first chunk: no zeros to add to
-                elif dtype == torch.float32: gW.addmm_(dz, hc)   # in place, no temporary (compiled: one copy)
-                else: gW += (dz @ hc).float()                    # addmm_ would need float32 operands
+                if dtype == torch.float32: gW.addmm_(dz, hc)   # in place, no temporary (compiled: one copy)
+                else: gW += (dz @ hc).float()             # addmm_ would need float32 operands
         ctx.save_for_backward(gh, gW)
         ctx.dtypes = (h.dtype, W.dtype)
         return losses
