@@ -17,7 +17,7 @@ from .common import compute_init, in_notebook, parse_args, print0
 from .corpus import prepare_embedded_corpus
 from .model import GPT, build_model, config_from_depth
 from .schedules import lr_warmup_constant_warmdown, muon_momentum, weight_decay_schedule
-from .stage import (add_common_args, eval_loader_factory, pretrain_loader, resolve_resume, restore_rng,
+from .stage import (add_common_args, eval_loader_factory, open_run, positive_int, pretrain_loader, restore_rng,
                            run_stage, stage_main)
 from .tokenizer import get_tokenizer
 from .train import TrainConfig
@@ -57,7 +57,7 @@ BASE_DEFAULTS = dict(max_seq_len=2048, device_batch_size=32, total_batch_size=-1
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='nanolit_base_train', description='Pretrain a GPT on parquet text shards.')
     g = p.add_argument_group('model')
-    g.add_argument('--depth', type=int, default=20, help='layers; width = depth × aspect ratio')
+    g.add_argument('--depth', type=positive_int, default=20, help='layers; width = depth × aspect ratio')
     g.add_argument('--aspect-ratio', type=int, default=64)
     g.add_argument('--head-dim', type=int, default=128)
     g.add_argument('--kv-ratio', type=int, default=1, help='query heads per key/value head')
@@ -85,7 +85,7 @@ def _main(argv=None) -> dict:
     model_cfg = config_from_depth(args.depth, tok.get_vocab_size(), T, args.aspect_ratio, args.head_dim, args.kv_ratio,
                                   args.window_pattern)
     tag = args.model_tag or f'd{args.depth}'
-    resume = resolve_resume('base', tag, config, args.resume)
+    resume, lock = open_run('base', tag, config, args.resume, info)
     model = build_model(model_cfg, info.device)
     fpt, n_scaling = model.estimate_flops(), scaling_params(model)
     d_ref = reference_tokens(tok.get_vocab_size(), args.target_param_data_ratio if args.target_param_data_ratio > 0 else 10.5,
@@ -109,7 +109,7 @@ def _main(argv=None) -> dict:
     opt = model.setup_optimizer(**lrs, weight_decay=wd)
     loader_state = None
     if resume:
-        weights, shards, _ = load_checkpoint(get_run_dir('base', tag), device=info.device)
+        weights, shards, _ = load_checkpoint(get_run_dir('base', tag), resume['step'], device=info.device)
         model.load_state_dict(weights); opt.load_state_dict(shards); loader_state = resume['loader']
         restore_rng(resume)
     cfg = TrainConfig(stage='base', num_iterations=num_iterations, total_batch_size=B, device_batch_size=b, max_seq_len=T,
@@ -125,7 +125,7 @@ def _main(argv=None) -> dict:
             'effective': {**lrs, 'weight_decay': wd, 'total_batch_size': B, 'max_seq_len': T, 'device_batch_size': b,
                           'num_iterations': num_iterations}}
     return run_stage('base', model, opt, loader, val, info, cfg, get_run_dir('base', tag), meta, tok.token_bytes().to(info.device),
-                     resume, args.run)
+                     resume, args.run, lock)
 
 def main(argv=None):
     "Console script `nanolit_base_train`."

@@ -5,9 +5,12 @@
 # %% ../nbs/09_checkpoint.ipynb #c16a754d
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -18,8 +21,13 @@ from .common import get_base_dir, print0
 from .model import GPT, GPTConfig, build_model
 from .tokenizer import Tokenizer, get_tokenizer
 
+try: import fcntl
+except ImportError: fcntl = None   # no POSIX locks (Windows): the heartbeat lock below is used
+
 # %% auto #0
-__all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'save_checkpoint', 'load_checkpoint', 'find_model_tag', 'load_model']
+__all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'RunLock', 'clear_debris', 'open_run_dir', 'all_finite', 'last_checkpoint',
+           'save_checkpoint', 'CorruptCheckpoint', 'read_meta', 'newest_intact', 'load_checkpoint', 'find_model_tag',
+           'load_model']
 
 # %% ../nbs/09_checkpoint.ipynb #f3b9e342
 STAGE_DIRS = {'base': 'base_checkpoints', 'mid': 'mid_checkpoints', 'sft': 'chatsft_checkpoints'}
@@ -35,26 +43,147 @@ def list_steps(run_dir: Path | str) -> list[int]:
     if not run_dir.is_dir(): return []
     return sorted(int(p.name[5:]) for p in run_dir.glob('step_*') if p.name[5:].isdigit() and (p / 'meta.json').exists())
 
+# %% ../nbs/09_checkpoint.ipynb #82afca7e
+def _holder(path: Path) -> str:
+    "Who holds the lock in `path`, as its file says."
+    try: h = json.loads(path.read_text())
+    except (OSError, ValueError): return 'another process (its lock file names no holder yet)'
+    return f"PID {h.get('pid')} on host {h.get('host')}, since {h.get('since')}"
+
+class RunLock:
+    """Exclusive ownership of a run directory: an OS file lock on `run_dir/.lock`, or, where the file system has none
+    (or `heartbeat=True`), the lock file itself with a heartbeat. `acquire()` returns None, or who holds it."""
+    HEARTBEAT_S, STALE_S = 10.0, 60.0
+    def __init__(self, run_dir: Path | str, heartbeat: bool = False):
+        self.path, self.heartbeat, self.fd = Path(run_dir) / '.lock', heartbeat or fcntl is None, None
+        self._stop, self._thread = threading.Event(), None
+        self.info = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+    def acquire(self) -> str | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.heartbeat: return self._acquire_heartbeat()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd); return _holder(self.path)
+        except OSError as e:   # no working locks on this file system: fall back to the heartbeat
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL): raise
+            self.heartbeat = True
+            return self._acquire_heartbeat()
+        self.fd = fd
+        os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(self.info).encode(), 0)
+        return None
+
+    def _acquire_heartbeat(self) -> str | None:
+        try:
+            h = json.loads(self.path.read_text())
+            if time.time() - float(h.get('heartbeat', 0)) < self.STALE_S: return _holder(self.path)
+            self.path.unlink()   # stale: its holder died without releasing it
+        except FileNotFoundError: pass
+        except (OSError, ValueError): self.path.unlink(missing_ok=True)
+        try: fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)   # one winner if two take over
+        except FileExistsError: return _holder(self.path)
+        os.close(fd); self._beat()
+        self._thread = threading.Thread(target=self._beat_loop, daemon=True); self._thread.start()
+        return None
+
+    def _beat(self):
+        tmp = self.path.with_name(f'.lock.{os.getpid()}')
+        tmp.write_text(json.dumps({**self.info, 'heartbeat': time.time()})); os.replace(tmp, self.path)
+    def _beat_loop(self):
+        while not self._stop.wait(self.HEARTBEAT_S): self._beat()
+
+    def release(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
+        if self._thread is not None:
+            self._stop.set(); self._thread.join(); self._thread = None
+            self.path.unlink(missing_ok=True)
+
+# %% ../nbs/09_checkpoint.ipynb #33501729
+def _any_rank(flag: bool, device='cpu') -> bool:
+    "True on every rank when `flag` is true on any (a collective: every rank calls it)."
+    t = torch.tensor([float(flag)], device=device)
+    if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+def clear_debris(run_dir: Path | str):
+    "Remove what interrupted saves left: `.tmp_step_*`, and `.old_step_N` (moved back to `step_N` if that is missing)."
+    for p in Path(run_dir).glob('.old_step_*'):
+        final = p.with_name(p.name[len('.old_'):])
+        if final.exists(): shutil.rmtree(p, ignore_errors=True)
+        else: os.replace(p, final)   # killed in the middle of a swap: the old copy is the whole one
+    for p in Path(run_dir).glob('.tmp_step_*'): shutil.rmtree(p, ignore_errors=True)
+
+def open_run_dir(run_dir: Path | str, rank: int = 0, device='cpu') -> RunLock | None:
+    """Every rank calls it when a run starts: global rank 0 takes the run directory's lock and clears the debris of
+    interrupted saves; if another run holds the lock, every rank raises the same one-line error. Returns the lock on
+    rank 0 (release it when the run ends; the OS does if the process dies), None elsewhere."""
+    run_dir, lock, holder, err = Path(run_dir), None, None, None
+    if rank == 0:
+        try:
+            lock = RunLock(run_dir); holder = lock.acquire()
+            if holder is None: clear_debris(run_dir)
+        except OSError as e: err = e
+    if _any_rank(err is not None, device):
+        if err is not None: raise err
+        raise OSError(f"rank 0 could not open the run directory {run_dir}: see its error")
+    if _any_rank(holder is not None, device):
+        raise FileExistsError(f"another run is using {run_dir}: {holder or _holder(run_dir / '.lock')}. Wait for it to "
+                              "finish or stop it, or pass another --model-tag")
+    return lock
+
 # %% ../nbs/09_checkpoint.ipynb #e6b7682c
-def _barrier():
-    if dist.is_available() and dist.is_initialized(): dist.barrier()
+def _nbytes(obj) -> int:
+    "Bytes of the tensors in a (nested) dict/list: about what `torch.save` writes."
+    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
+    if isinstance(obj, dict): return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)): return sum(_nbytes(v) for v in obj)
+    return 0
+
+def all_finite(tensors: dict) -> bool:
+    "Whether every floating-point tensor in a state dict is finite."
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if torch.is_tensor(t) and t.is_floating_point())
+
+def last_checkpoint(run_dir: Path | str) -> str:
+    "Where a run would resume from, in words (for error messages)."
+    steps = list_steps(run_dir)
+    return f"step {steps[-1]} in {run_dir}" if steps else f"none yet in {run_dir}"
 
 def save_checkpoint(checkpoint_dir: Path | str, step: int, model_data: dict, optimizer_data: dict | None,
-                    meta_data: dict, rank: int = 0, keep_last: int | None = None) -> Path:
-    "Write one checkpoint atomically (all ranks call it); returns its directory `checkpoint_dir/step_NNNNNN`."
+                    meta_data: dict, rank: int = 0, keep_last: int | None = None, device='cpu') -> Path:
+    """Write one checkpoint atomically (all ranks call it); returns its directory `checkpoint_dir/step_NNNNNN`.
+    Refuses non-finite weights; on a write error (a full disk) removes its partial directory and raises one line."""
     run_dir = Path(checkpoint_dir)
-    final = run_dir / f'step_{step:06d}'
-    tmp = run_dir / f'.tmp_step_{step:06d}'
-    if rank == 0:
+    final, tmp = run_dir / f'step_{step:06d}', run_dir / f'.tmp_step_{step:06d}'
+    if not all_finite(model_data):   # weights are the same on every rank, so every rank raises here
+        raise FloatingPointError(f"not saving step {step}: the weights are not finite (training diverged). The last "
+                                 f"finite checkpoint is {last_checkpoint(run_dir)}; lower the learning rates (e.g. "
+                                 "--matrix-lr, --embedding-lr) or check the data, then run the same command to resume")
+    need = torch.tensor([float(_nbytes(optimizer_data) + (_nbytes(model_data) if rank == 0 else 0))], device=device)
+    if dist.is_available() and dist.is_initialized(): dist.all_reduce(need)
+    need, err, free = int(need.item()), None, None
+    def attempt(fn):   # run `fn` on this rank, then agree across ranks whether any failed
+        nonlocal err
+        if err is None:
+            try: fn()
+            except OSError as e: err = e
+        return _any_rank(err is not None, device)
+    def prepare():
+        nonlocal free
         run_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists(): shutil.rmtree(tmp)   # debris of an interrupted save of this step
+        if tmp.exists(): shutil.rmtree(tmp)
+        free = shutil.disk_usage(run_dir).free
+        if need + 2**20 > free: raise OSError(errno.ENOSPC, 'No space left on device')
         tmp.mkdir()
-    _barrier()
-    if optimizer_data is not None: torch.save(optimizer_data, tmp / f'optim_rank{rank}.pt')
-    _barrier()
-    if rank == 0:
+    def write_shard():
+        if _fail_injected(step): raise OSError(errno.ENOSPC, 'No space left on device')
+        if optimizer_data is not None: torch.save(optimizer_data, tmp / f'optim_rank{rank}.pt')
+    def publish():
         torch.save(model_data, tmp / 'model.pt')
-        meta = {**meta_data, 'step': step, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S')}
+        files = {f.name: f.stat().st_size for f in tmp.iterdir()}   # every rank's shard is written by now
+        meta = {**meta_data, 'step': step, 'saved_at': time.strftime('%Y-%m-%d %H:%M:%S'), 'files': files}
         (tmp / 'meta.json').write_text(json.dumps(meta, indent=1, default=str))
         for f in tmp.iterdir():   # make the bytes durable before the rename makes them visible
             with open(f, 'rb') as fh: os.fsync(fh.fileno())
@@ -62,30 +191,84 @@ def save_checkpoint(checkpoint_dir: Path | str, step: int, model_data: dict, opt
             old = run_dir / f'.old_step_{step:06d}'
             os.replace(final, old); os.replace(tmp, final); shutil.rmtree(old)
         else: os.replace(tmp, final)
-        if keep_last:
+        if keep_last:   # every checkpoint on disk is finite, so the newest kept ones include the last finite one
             for s in list_steps(run_dir)[:-keep_last]: shutil.rmtree(run_dir / f'step_{s:06d}', ignore_errors=True)
-    _barrier()
+    failed = attempt(prepare if rank == 0 else lambda: None) or attempt(write_shard) or \
+             attempt(publish if rank == 0 else lambda: None)
+    if failed:
+        if rank == 0: shutil.rmtree(tmp, ignore_errors=True)
+        raise _save_error(err, step, run_dir, need, free)
     return final
 
+def _fail_injected(step: int) -> bool:
+    "Test hook: `NANOLIT_TEST_ENOSPC_AT_STEP=N` makes the save of step N fail as a full disk would."
+    return os.environ.get('NANOLIT_TEST_ENOSPC_AT_STEP') == str(step)
+
+def _save_error(err: OSError | None, step: int, run_dir: Path, need: int, free: int | None) -> OSError:
+    if err is None: return OSError(f"another rank could not write its part of step {step} in {run_dir}: see its error")
+    if err.errno == errno.ENOSPC:
+        free = shutil.disk_usage(run_dir).free if free is None and run_dir.exists() else free
+        return OSError(f"no space left to save step {step} in {run_dir}: it needs about {need / 2**20:,.1f} MiB and "
+                       f"{'?' if free is None else f'{free / 2**20:,.1f}'} MiB are free. Nothing partial was left; free "
+                       f"some space (or lower --keep-last), then run the same command to resume from "
+                       f"{last_checkpoint(run_dir)}")
+    return OSError(f"could not save step {step} in {run_dir}: {err.strerror or err} ({err.filename or run_dir}); "
+                   "nothing partial was left")
+
 # %% ../nbs/09_checkpoint.ipynb #20d94c35
+class CorruptCheckpoint(ValueError):
+    "A checkpoint file that is missing, truncated or unreadable (the message names it)."
+
+def read_meta(step_dir: Path | str) -> dict:
+    "A checkpoint's meta.json, after checking that its files are there with the sizes it recorded."
+    d = Path(step_dir); f = d / 'meta.json'
+    try: meta = json.loads(f.read_text())
+    except (ValueError, OSError) as e:
+        raise CorruptCheckpoint(f"{f} cannot be read ({type(e).__name__}: {e})") from None
+    for name, size in meta.get('files', {}).items():   # checkpoints written by other tools record none
+        if name == 'meta.json': continue
+        got = (d / name).stat().st_size if (d / name).exists() else None
+        if got != size: raise CorruptCheckpoint(f"{d / name} is {'missing' if got is None else f'truncated ({got:,} of {size:,} bytes)'}")
+    return meta
+
+def _load_file(f: Path, device):
+    "`torch.load` of plain tensors and containers only (a checkpoint from elsewhere cannot run code)."
+    try: return torch.load(f, map_location=device, weights_only=True, mmap=True)
+    except Exception as e: raise CorruptCheckpoint(f"{f} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
+
+def newest_intact(run_dir: Path | str) -> tuple[int, dict] | None:
+    "(step, meta) of the newest checkpoint whose meta and file sizes check out, warning about newer broken ones."
+    run_dir = Path(run_dir)
+    for s in reversed(list_steps(run_dir)):
+        try: return s, read_meta(run_dir / f'step_{s:06d}')
+        except CorruptCheckpoint as e: print0(f"warning: {e}; using an earlier checkpoint")
+    return None
+
 def load_checkpoint(checkpoint_dir: Path | str, step: int | None = None, device='cpu', load_optimizer: bool = True):
-    "(model_data, optimizer shards (list, one per saved rank) or None, meta) of `step` (default: the latest)."
+    """(model_data, optimizer shards (a list, one per saved rank, on the CPU) or None, meta) of `step`, by default the
+    newest intact one (a broken newer one is named in a warning and skipped)."""
     run_dir = Path(checkpoint_dir)
     steps = list_steps(run_dir)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {run_dir}: train that stage first, or pass the right --model-tag "
                                 f"(NANOLIT_BASE_DIR is {get_base_dir()})")
-    if step is None: step = steps[-1]
-    if step not in steps:
+    if step is not None and step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} in {run_dir}; saved steps: {steps}")
-    d = run_dir / f'step_{step:06d}'
-    meta = json.loads((d / 'meta.json').read_text())
-    model_data = torch.load(d / 'model.pt', map_location=device)
-    shards = None
-    if load_optimizer:
-        files = sorted(d.glob('optim_rank*.pt'), key=lambda f: int(f.stem[10:]))
-        shards = [torch.load(f, map_location=device, weights_only=False) for f in files] or None
-    return model_data, shards, meta
+    for s in ([step] if step is not None else reversed(steps)):
+        d = run_dir / f'step_{s:06d}'
+        try:
+            meta = read_meta(d)
+            model_data = _load_file(d / 'model.pt', device)
+            shards = None
+            if load_optimizer:   # on the CPU: the optimizer keeps this rank's part and only then moves it
+                files = sorted(d.glob('optim_rank*.pt'), key=lambda f: int(f.stem[len('optim_rank'):]))
+                shards = [_load_file(f, 'cpu') for f in files] or None
+            return model_data, shards, meta
+        except CorruptCheckpoint as e:
+            if step is not None: raise CorruptCheckpoint(f"{e}: pass another step (saved: {steps})") from None
+            print0(f"warning: {e}; using an earlier checkpoint")
+    raise CorruptCheckpoint(f"no intact checkpoint in {run_dir} (steps {steps}; see the warnings above): delete the "
+                            "broken step directories, or the run directory to start again")
 
 # %% ../nbs/09_checkpoint.ipynb #1ad5ae4b
 def find_model_tag(stage: str, model_tag: str | None = None) -> str:

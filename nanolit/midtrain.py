@@ -15,7 +15,8 @@ from .checkpoint import get_run_dir, load_checkpoint, load_model
 from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
 from .schedules import PROGRESS_SCHEDULES, lr_rewarm_cosine, lr_mid, muon_momentum
-from .stage import (add_common_args, eval_loader_factory, inherit, pretrain_loader, resolve_resume, restore_rng,
+from .stage import (add_common_args, check_source_finished, eval_loader_factory, inherit, open_run, pretrain_loader,
+                           restore_rng,
                            run_stage, stage_main)
 from .tasks import build_mixture_stream, mixture_spec
 from .train import TrainConfig
@@ -57,6 +58,7 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
     "Continue a `source` checkpoint on a conversation mixture (+ replay): the body of midtraining and SFT."
     info = compute_init(args.device_type, args.seed)
     model, tok, src_meta = load_model(source, info.device, 'train', args.source_tag, args.source_step)
+    check_source_finished(src_meta, source, args.source_step is not None)
     inherit(config, src_meta, INHERITED, source)
     T, b, B = config['max_seq_len'], config['device_batch_size'], config['total_batch_size']
     if T > model.config.sequence_len:
@@ -64,14 +66,14 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
                          f"use that length or less")
     if not 0 <= args.replay_ratio < 1: raise ValueError(f"--replay-ratio must be in [0, 1), got {args.replay_ratio}")
     tag = args.model_tag or src_meta['model_tag']
-    resume = resolve_resume(stage, tag, config, args.resume)
+    resume, lock = open_run(stage, tag, config, args.resume, info)
     replay_dir = getattr(args, 'data_dir', '') or src_meta.get('data_dir')
     spec, val_spec = mixture_spec(args.mixture, 'train', **mixture_kwargs), mixture_spec(args.mixture, 'val', **mixture_kwargs)
     lrs = {k: config[k] * args.init_lr_frac for k in ('embedding_lr', 'unembedding_lr', 'matrix_lr', 'scalar_lr')}
     opt = model.setup_optimizer(**lrs, weight_decay=config['weight_decay'])
     loader_state = None
     if resume:
-        weights, shards, _ = load_checkpoint(get_run_dir(stage, tag), device=info.device)
+        weights, shards, _ = load_checkpoint(get_run_dir(stage, tag), resume['step'], device=info.device)
         model.load_state_dict(weights); opt.load_state_dict(shards); loader_state = resume['loader']
         restore_rng(resume)
     elif args.load_optimizer:
@@ -92,7 +94,7 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
             'effective': {**lrs, 'weight_decay': config['weight_decay'], 'total_batch_size': B, 'max_seq_len': T,
                           'device_batch_size': b}}
     return run_stage(stage, model, opt, loader, val, info, cfg, get_run_dir(stage, tag), meta,
-                     tok.token_bytes().to(info.device), resume, args.run)
+                     tok.token_bytes().to(info.device), resume, args.run, lock)
 
 def _main(argv=None) -> dict:
     args, config = parse_args(parser(), argv)

@@ -10,16 +10,17 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .checkpoint import get_run_dir, list_steps
+from .checkpoint import get_run_dir, newest_intact
 from .common import get_base_dir, in_notebook, parse_args, print0
 
 # %% auto #0
-__all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'write_report', 'run_speedrun', 'main']
+__all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'write_report', 'StageStopped', 'run_speedrun', 'main']
 
 # %% ../nbs/17_speedrun.ipynb #4b01c4f7
 _SMALL = dict(depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64, device_batch_size=4, total_batch_size=512,
@@ -42,11 +43,9 @@ PRESETS = {
 
 # %% ../nbs/17_speedrun.ipynb #22ce4382
 def stage_finished(stage: str, tag: str) -> bool:
-    "Whether `stage`/`tag` has a finished checkpoint."
-    steps = list_steps(get_run_dir(stage, tag))
-    if not steps: return False
-    meta = json.loads((get_run_dir(stage, tag) / f'step_{steps[-1]:06d}' / 'meta.json').read_text())
-    return bool(meta.get('finished'))
+    "Whether `stage`/`tag`'s newest intact checkpoint is of a finished run."
+    found = newest_intact(get_run_dir(stage, tag))
+    return bool(found and found[1].get('finished'))
 
 def _cmd(module: str, args: list[str], nproc: int) -> list[str]:
     if nproc > 1: return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m', module, *args]
@@ -135,6 +134,29 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
     return numbers
 
 # %% ../nbs/17_speedrun.ipynb #0c901b11
+class StageStopped(Exception):
+    "A speedrun step that a signal stopped (its checkpoint is saved): not a failure, and not a finish."
+    def __init__(self, signum: int, msg: str): super().__init__(msg); self.signum = signum
+
+def _run_forwarding_signals(cmd: list[str]) -> int:
+    "Run `cmd`, passing SIGTERM/SIGINT sent to this process on to it (so that it saves); its exit code."
+    proc = subprocess.Popen(cmd, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    forward = lambda signum, frame: proc.send_signal(signum)
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if not in_notebook() else {}
+    try: return proc.wait()
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+def _stop_signal(rc: int, name: str, tag: str, since: float) -> int:
+    """The signal that stopped step `name`, or 0 if it crashed: a stage exits 128 + signal by itself; under `torchrun`
+    the launcher's code is 1 whatever happened, so the stage's newest checkpoint says whether it was a stop."""
+    if rc < 0: return -rc
+    if rc in (128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM): return rc - 128
+    found = newest_intact(get_run_dir(name, tag)) if name in ('base', 'mid', 'sft') else None
+    if found and found[1].get('signal') and os.path.getmtime(get_run_dir(name, tag) / f'step_{found[0]:06d}') >= since:
+        return int(found[1]['signal'])
+    return 0
+
 def run_speedrun(preset: str = 'cpu', tag: str | None = None, log=print) -> dict:
     "Run (or finish) every step of `preset`, skipping finished ones; write and return the report."
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
@@ -147,12 +169,14 @@ def run_speedrun(preset: str = 'cpu', tag: str | None = None, log=print) -> dict
             log(f"[speedrun] {name}: done already, skipped"); continue
         log(f"[speedrun] {name}: {' '.join(_cmd(module, args, nproc)[1:])}")
         t0 = time.time()
-        res = subprocess.run(_cmd(module, args, nproc), env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-        if res.returncode != 0:
-            raise RuntimeError(f"speedrun step {name!r} failed (exit {res.returncode}); fix the cause and run the same "
-                               "command again: finished steps are skipped, an interrupted stage resumes")
+        rc = _run_forwarding_signals(_cmd(module, args, nproc))
         timings[name] = timings.get(name, 0) + time.time() - t0
         out_dir.mkdir(parents=True, exist_ok=True); times_file.write_text(json.dumps(timings))
+        if rc != 0:
+            sig = _stop_signal(rc, name, tag, t0)
+            if sig: raise StageStopped(sig, f"step {name!r} was stopped by signal {sig}; run the same command to resume it")
+            raise RuntimeError(f"step {name!r} failed (exit {rc}); fix the cause and run the same command again: "
+                               "finished steps are skipped, an interrupted stage resumes")
     numbers = write_report(out_dir, preset, p, tag, timings)
     log(f"[speedrun] report: {out_dir / 'report.md'}")
     return numbers
@@ -165,7 +189,13 @@ def main(argv=None):
         ap.add_argument('--preset', default='cpu', choices=list(PRESETS))
         ap.add_argument('--model-tag', default=None, help='tag of every stage of this run (default speedrun-<preset>)')
         args, _ = parse_args(ap, argv)
-        run_speedrun(args.preset, args.model_tag)
+        try: run_speedrun(args.preset, args.model_tag)
+        except StageStopped as e:
+            print(f"nanolit_speedrun: stopped: {e}", file=sys.stderr, flush=True)
+            sys.exit(128 + e.signum)
+        except RuntimeError as e:
+            print(f"nanolit_speedrun: error: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
         print((get_base_dir() / 'speedrun' / (args.model_tag or f'speedrun-{args.preset}') / 'report.md').read_text())
     return stage_main(_main, 'nanolit_speedrun', argv)
 

@@ -7,21 +7,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import get_run_dir, list_steps, load_checkpoint
+from .checkpoint import RunLock, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
 from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream
 from .train import TrainConfig, train
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'add_common_args', 'resolve_resume', 'inherit', 'pretrain_loader', 'eval_loader_factory',
-           'write_stage_report', 'run_stage', 'stage_main', 'restore_rng']
+__all__ = ['RESUME_KEYS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'resolve_resume', 'open_run', 'inherit',
+           'check_source_finished', 'pretrain_loader', 'eval_loader_factory', 'write_stage_report', 'run_stage',
+           'stage_main', 'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
+def num_iterations_arg(s: str) -> int:
+    "`--num-iterations`: a positive number of steps, or -1 for the stage's own horizon (0 or -5 is a typo, not a run)."
+    n = int(s)
+    if n == 0 or n < -1: raise argparse.ArgumentTypeError(f"must be a positive number of steps, or -1 to let the stage decide; got {n}")
+    return n
+
+def positive_int(s: str) -> int:
+    "An argparse type for counts that must be at least 1 (`--depth`)."
+    n = int(s)
+    if n < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
 def add_common_args(p: argparse.ArgumentParser, stage: str):
     "The flags every stage takes (runtime, batch, horizon, optimizer, evaluation, checkpoints, logging)."
     g = p.add_argument_group('runtime')
@@ -34,7 +48,7 @@ def add_common_args(p: argparse.ArgumentParser, stage: str):
     g.add_argument('--max-seq-len', type=int, default=None, help='context length')
     g.add_argument('--device-batch-size', type=int, default=None, help='rows per micro-batch per rank')
     g.add_argument('--total-batch-size', type=int, default=None, help='tokens per optimizer step')
-    g.add_argument('--num-iterations', type=int, default=-1, help='optimizer steps (-1: the stage decides)')
+    g.add_argument('--num-iterations', type=num_iterations_arg, default=-1, help='optimizer steps (-1: the stage decides)')
     g = p.add_argument_group('optimizer')
     for name, help in (('embedding-lr', 'AdamW LR of the embeddings'), ('unembedding-lr', 'AdamW LR of the lm_head'),
                        ('matrix-lr', 'Muon LR of the matrices'), ('scalar-lr', 'AdamW LR of the residual scalars'),
@@ -61,7 +75,12 @@ def resolve_resume(stage: str, tag: str, config: dict, policy: str = 'auto') -> 
     if policy == 'never':
         raise FileExistsError(f"{run_dir} already holds checkpoints (steps {steps}) and --resume never was given: "
                               "pass another --model-tag, or delete that directory")
-    meta = json.loads((run_dir / f'step_{steps[-1]:06d}' / 'meta.json').read_text())
+    found = newest_intact(run_dir)
+    if found is None:
+        raise ValueError(f"every checkpoint in {run_dir} is broken (see the warnings above): delete that directory to "
+                         "start again, or pass another --model-tag")
+    step, meta = found
+    meta = {**meta, 'step': step}
     if meta.get('finished'):
         raise FileExistsError(f"{run_dir} holds a finished {stage} run (step {steps[-1]}); nothing was overwritten. "
                               "Pass another --model-tag to train a new one, or delete that directory")
@@ -70,8 +89,16 @@ def resolve_resume(stage: str, tag: str, config: dict, policy: str = 'auto') -> 
             raise ValueError(f"cannot resume {run_dir}: it was started with --{k.replace('_', '-')} "
                              f"{meta['user_config'].get(k)}, now {config.get(k)}; pass the same value to resume, or "
                              "another --model-tag to start a new run")
-    print0(f"resuming the interrupted {stage} run in {run_dir} from step {steps[-1]}")
+    print0(f"resuming the interrupted {stage} run in {run_dir} from step {step}")
     return meta
+
+def open_run(stage: str, tag: str, config: dict, policy: str, info: DistInfo) -> tuple[dict | None, RunLock | None]:
+    "Lock the run directory (every rank calls it), then `resolve_resume`: (resume meta or None, the lock on rank 0)."
+    lock = open_run_dir(get_run_dir(stage, tag), info.rank, info.device)
+    try: return resolve_resume(stage, tag, config, policy), lock
+    except BaseException:
+        if lock is not None: lock.release()
+        raise
 
 # %% ../nbs/11_stage.ipynb #68bf705c
 def inherit(config: dict, parent_meta: dict, keys: tuple[str, ...], source: str) -> dict:
@@ -82,6 +109,15 @@ def inherit(config: dict, parent_meta: dict, keys: tuple[str, ...], source: str)
         if config.get(k) is None and parent.get(k) is not None: config[k] = taken[k] = parent[k]
     if taken: print0(f"inherited from the {source} checkpoint: " + ', '.join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()))
     return config
+
+# %% ../nbs/11_stage.ipynb #10f9af43
+def check_source_finished(src_meta: dict, source: str, step_named: bool, step_flag: str = '--source-step'):
+    "Refuse to continue a checkpoint whose run did not finish, unless its step was named explicitly."
+    if step_named or src_meta.get('finished', True): return
+    step, n = src_meta.get('step'), src_meta.get('effective', {}).get('num_iterations')
+    raise ValueError(f"the {source} checkpoint {src_meta.get('model_tag')} (step {step}{f' of {n}' if n else ''}) is from a "
+                     f"run that did not finish: finish it (run its command again: it resumes), or pass {step_flag} {step} "
+                     "to start from it anyway")
 
 # %% ../nbs/11_stage.ipynb #908161ca
 def pretrain_loader(data_dir, split, tokenizer, T, info: DistInfo, device_batch_size, state=None, prefetch=2):
@@ -113,26 +149,39 @@ def write_stage_report(run_dir: Path, stage: str, summary: dict, meta: dict):
     (run_dir / 'report.md').write_text('\n'.join(lines) + '\n')
 
 def run_stage(stage: str, model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: TrainConfig, run_dir: Path,
-              meta: dict, token_bytes, resume: dict | None, run_name: str) -> dict:
-    "wandb + `train` + report; returns the summary."
+              meta: dict, token_bytes, resume: dict | None, run_name: str, lock: RunLock | None = None) -> dict:
+    "wandb + `train` + report, then release the run directory's lock; returns the summary."
     wandb_run = init_wandb(run_name, f'nanolit-{stage}', meta.get('user_config'), info.is_primary)
-    try: summary = train(model, optimizer, loader, val_loaders, info, cfg, run_dir, meta, token_bytes, resume, wandb_run)
+    try:
+        summary = train(model, optimizer, loader, val_loaders, info, cfg, run_dir, meta, token_bytes, resume, wandb_run)
+        if info.is_primary:
+            write_stage_report(run_dir, stage, summary, meta)
+            (run_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
     finally:
         loader.close(); wandb_run.finish()
-    if info.is_primary:
-        write_stage_report(run_dir, stage, summary, meta)
-        (run_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
+        if lock is not None: lock.release()
     return summary
 
+def _one_line(e: BaseException) -> str:
+    "The message of a nanolit error, or an OS error's reason and file with what to do."
+    if isinstance(e, OSError) and e.filename is not None:
+        return (f"{e.strerror or e}: {e.filename}; check that the directory is writable and has space, or set "
+                "NANOLIT_BASE_DIR to one that is")
+    return str(e.args[0]) if e.args else repr(e)
+
 def stage_main(fn, prog: str, argv=None) -> None:
-    """Run a stage's `fn(argv)`; nanolit's input errors become one line `prog: error: ...` and exit code 1.
-    Returns None: a console script's `sys.exit(main())` would treat any other value as a failure."""
-    try: fn(argv)
-    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, FloatingPointError, KeyError) as e:
-        msg = e.args[0] if e.args else repr(e)
-        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    """Run a stage's `fn(argv)`. nanolit's input errors and OS errors (a read-only or full disk) become one line
+    `prog: error: ...` and exit code 1; a run stopped by a signal exits with 128 + its number (143 for SIGTERM), so
+    that nothing downstream mistakes a stop for a finish. Returns None after a finished run: a console script's
+    `sys.exit(main())` would treat any other value as a failure."""
+    try: summary = fn(argv)
+    except (OSError, ValueError, FloatingPointError, KeyError) as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(1)
     compute_cleanup()
+    if isinstance(summary, dict) and summary.get('status') == 'interrupted':
+        for stream in (sys.stdout, sys.stderr): stream.flush()
+        os._exit(128 + summary['signal'])   # os._exit: the gloo teardown is skipped, as after a finished run
 
 def restore_rng(meta: dict | None):
     "Restore the torch RNG of a resumed run (nothing is random in training today; kept exact for what may be)."

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .checkpoint import list_steps, load_checkpoint, save_checkpoint
+from .checkpoint import last_checkpoint, list_steps, load_checkpoint, save_checkpoint
 from .common import DistInfo, autocast_context, compute_mfu, device_peak_flops, get_dtype, in_notebook, print0
 from .data import count_targets
 
@@ -50,7 +50,7 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor, autocast
 class TrainConfig:
     "What the loop needs: horizon, batch sizes, cadences and schedules."
     stage: str = 'base'
-    num_iterations: int = -1                 # -1: until the loader has gone through one epoch (progress >= 1)
+    num_iterations: int = -1                 # -1: the stage decides (here: one epoch of the loader, progress >= 1)
     total_batch_size: int = 2**19            # tokens per optimizer step, all ranks and micro-batches
     device_batch_size: int = 32              # rows per micro-batch per rank
     max_seq_len: int = 2048
@@ -65,6 +65,11 @@ class TrainConfig:
     momentum_schedule: Callable | None = None   # step -> Muon momentum
     weight_decay_schedule: Callable | None = None   # fraction of the run -> multiplier of the initial weight decay
 
+    def __post_init__(self):
+        if self.num_iterations == 0 or self.num_iterations < -1:   # 0 or -5 used to mean "the full default run"
+            raise ValueError(f"--num-iterations must be a positive number of steps, or -1 to let the stage decide; "
+                             f"got {self.num_iterations}")
+
     def grad_accum_steps(self, world_size: int) -> int:
         "Micro-batches per step; a clear error when the total batch does not divide."
         per = self.device_batch_size * self.max_seq_len * world_size
@@ -76,16 +81,24 @@ class TrainConfig:
 
 # %% ../nbs/10_train.ipynb #3ba6776f
 class StopRequest:
-    "Turns SIGTERM/SIGINT into a flag that the loop checks between steps (handlers restored by `close`)."
-    def __init__(self):
-        self.requested, self._old = False, {}
+    """Turns SIGTERM/SIGINT into a signal number that the loop polls between steps (handlers restored by `close`);
+    with `watch_parent`, the death of the launcher that started this process counts as SIGHUP."""
+    def __init__(self, watch_parent: bool = False):
+        self.signum, self._old = 0, {}
+        self._ppid = os.getppid() if watch_parent else None
         if not in_notebook():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try: self._old[sig] = signal.signal(sig, self._handle)
                 except ValueError: pass   # not the main thread: signals cannot be caught here
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
         print(f"received signal {signum}: finishing this step, then saving a checkpoint", flush=True)
+    def poll(self) -> int:
+        "The number of the signal that asks this process to stop, or 0."
+        if not self.signum and self._ppid is not None and os.getppid() != self._ppid:
+            self.signum = signal.SIGHUP
+            print(f"the launcher (PID {self._ppid}) is gone: saving a checkpoint, then stopping", flush=True)
+        return int(self.signum)
     def close(self):
         for sig, old in self._old.items(): signal.signal(sig, old)
 
@@ -129,9 +142,9 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
         if wandb_run is not None: wandb_run.log(record)
     def save(finished: bool):
         save_checkpoint(run_dir, st.step, model.state_dict(), optimizer.state_dict(),
-                        {**meta, 'finished': finished, 'world_size': info.world_size, 'loader': loader.state_dict(),
+                        {**meta, 'finished': finished, 'signal': signum, 'world_size': info.world_size, 'loader': loader.state_dict(),
                          'loop_state': asdict(st), 'rng_state': torch.get_rng_state().tolist()},
-                        rank=info.rank, keep_last=cfg.keep_last)
+                        rank=info.rank, keep_last=cfg.keep_last, device=device)
     def evaluate():
         for name, make in val_loaders.items():
             batches, steps = make()
@@ -141,24 +154,26 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
         print0(f"step {st.step:05d} | " + ' | '.join(f"val {k} bpb {v:.4f}" for k, v in st.val.items()))
         log({'step': st.step, **{f'val/{k}_bpb': v for k, v in st.val.items()}})
 
-    stop, bar = StopRequest(), None
+    stop, bar = StopRequest(watch_parent='TORCHELASTIC_RUN_ID' in os.environ), None
     # Test hook: rank 0 sends itself a real SIGTERM after this step, so tests can interrupt at a known step.
     sigterm_after = int(os.environ.get('NANOLIT_TEST_SIGTERM_AFTER_STEP', -1))
     if in_notebook() and info.is_primary and cfg.num_iterations > 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.num_iterations, initial=st.step, desc=cfg.stage)
-    status = 'finished'
+    status, signum = 'finished', 0
     try:
         while True:
             done = cfg.num_iterations > 0 and st.step >= cfg.num_iterations or cfg.num_iterations <= 0 and loader.progress >= 1
-            flags = _all_reduce(torch.tensor([float(done), float(stop.requested)], device=device), dist.ReduceOp.MAX)
-            last, stopping = bool(flags[0]), bool(flags[1])
+            flags = _all_reduce(torch.tensor([float(done), float(stop.poll())], device=device), dist.ReduceOp.MAX)
+            last, signum = bool(flags[0]), int(flags[1])
+            stopping = signum > 0
             fresh_start = st.step == 0 and not resume
             if (last or stopping or (cfg.save_every > 0 and st.step % cfg.save_every == 0)) and not (resume and st.step == start_step) and st.step > 0:
                 save(finished=last)                               # save first: an eval that dies loses nothing
             if stopping and not last:
                 status = 'interrupted'
-                print0(f"stopped at step {st.step}; checkpoint saved in {run_dir}; run the same command to resume")
+                print0(f"stopped at step {st.step} by signal {signum}; checkpoint saved in {run_dir}; run the same "
+                       "command to resume")
                 break
             if last or fresh_start or (cfg.eval_every > 0 and st.step % cfg.eval_every == 0 and st.step != start_step):
                 evaluate()
@@ -184,11 +199,9 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 loss_sum += loss.detach().double()
             loss = (_all_reduce(loss_sum) / n_targets).item()
             if not math.isfinite(loss):
-                steps = list_steps(run_dir)
-                where = f"step {steps[-1]} in {run_dir}" if steps else "none yet (nothing was saved)"
-                raise FloatingPointError(f"loss is {loss} at step {st.step}: training diverged and this step was not "
-                                         f"applied. The last good checkpoint is {where}; lower the learning rates "
-                                         "(e.g. --matrix-lr, --embedding-lr) or check the data")
+                raise FloatingPointError(f"loss is {loss} at step {st.step + 1}: training diverged and this step was not "
+                                         f"applied. The last finite checkpoint is {last_checkpoint(run_dir)}; lower "
+                                         "the learning rates (e.g. --matrix-lr, --embedding-lr) or check the data")
             optimizer.step()
             model.zero_grad(set_to_none=True)
             if device.type == 'cuda': torch.cuda.synchronize()
@@ -214,4 +227,4 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
     finally:
         stop.close()
         if bar is not None: bar.close()
-    return {'status': status, **asdict(st)}
+    return {'status': status, 'signal': signum, **asdict(st)}

@@ -1,4 +1,5 @@
 """Shared helpers for the multi-process tests: launch real `torchrun` on the CPU (gloo), never a mock."""
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,39 @@ def run(cmd, env_extra=None, timeout=300, cwd=None) -> subprocess.CompletedProce
 def max_rel(a: dict, b: dict) -> float:
     "The largest per-tensor relative difference ||a - b|| / ||b|| (L2) over the tensors of `b` (weights, gradients)."
     return max(((a[k] - b[k]).double().norm() / b[k].double().norm().clamp_min(1e-12)).item() for k in b)
+
+def stage(module, args, base_dir, nproc=1, env=None, check=True, timeout=300, expect=0):
+    "Run a stage's module (alone, or under torchrun with `nproc` processes); by default assert it exits `expect`."
+    env = {'NANOLIT_BASE_DIR': str(base_dir), **(env or {})}
+    cmd = torchrun_cmd(nproc, ['-m', module], *args) if nproc > 1 else [sys.executable, '-m', module, *args]
+    res = run(cmd, env, timeout=timeout)
+    if check: assert res.returncode == expect, f"exit {res.returncode}\n" + res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+def run_dir(base_dir, stage_dir, tag) -> Path: return Path(base_dir) / stage_dir / tag
+
+def losses(base_dir, stage_dir, tag) -> list[float]:
+    "The per-step training losses in a run's metrics.jsonl."
+    lines = (run_dir(base_dir, stage_dir, tag) / 'metrics.jsonl').read_text().splitlines()
+    return [r['loss'] for r in map(json.loads, lines) if 'loss' in r]
+
+def newest_step(d: Path) -> Path:
+    return d / f"step_{max(int(p.name[5:]) for p in d.glob('step_*')):06d}"
+
+def weights(base_dir, stage_dir, tag) -> dict:
+    "The newest checkpoint's weights."
+    return torch.load(newest_step(run_dir(base_dir, stage_dir, tag)) / 'model.pt')
+
+def meta(base_dir, stage_dir, tag) -> dict:
+    "The newest checkpoint's meta."
+    return json.loads((newest_step(run_dir(base_dir, stage_dir, tag)) / 'meta.json').read_text())
+
+def one_line_error(res, *must):
+    "The process failed with exactly one `error:` line last on stderr, containing each of `must`."
+    assert res.returncode != 0, res.stdout[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert err and err[-1].count('error:') == 1, res.stderr[-2000:]
+    for m in must: assert m in err[-1], err[-1]
 
 # torch.compile on the CPU writes C++ and needs a compiler; .ci/setup cannot install one, so say so instead of failing.
 needs_cxx = pytest.mark.skipif(shutil.which('c++') is None and shutil.which('g++') is None,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import WORKERS, max_rel, needs_cxx, run, torchrun_cmd
+from conftest import WORKERS, losses, max_rel, meta, needs_cxx, one_line_error, run, stage, torchrun_cmd, weights
 
 TINY = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '2',
         '--total-batch-size', '512', '--eval-every', '-1', '--eval-tokens', '256', '--matrix-lr', '0.2',
@@ -32,30 +32,9 @@ def base_dir(tmp_path_factory):
     assert res.returncode == 0, res.stderr
     return d
 
-def stage(module, args, base_dir, nproc=1, env=None, check=True, timeout=300):
-    env = {'NANOLIT_BASE_DIR': str(base_dir), **(env or {})}
-    cmd = torchrun_cmd(nproc, ['-m', module], *args) if nproc > 1 else [sys.executable, '-m', module, *args]
-    res = run(cmd, env, timeout=timeout)
-    if check: assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-def losses(base_dir, stage_dir, tag):
-    lines = (Path(base_dir) / stage_dir / tag / 'metrics.jsonl').read_text().splitlines()
-    return [r['loss'] for r in map(json.loads, lines) if 'loss' in r]
-
-def weights(base_dir, stage_dir, tag):
-    d = Path(base_dir) / stage_dir / tag
-    step = max(int(p.name[5:]) for p in d.glob('step_*'))
-    return torch.load(d / f'step_{step:06d}' / 'model.pt')
-
 def max_elem(a, b):
     "The largest per-tensor max|a - b| / max|b| (reported, not asserted: see the comment in the first test)."
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
-
-def meta(base_dir, stage_dir, tag):
-    d = Path(base_dir) / stage_dir / tag
-    step = max(int(p.name[5:]) for p in d.glob('step_*'))
-    return json.loads((d / f'step_{step:06d}' / 'meta.json').read_text())
 
 def test_base_world2_equals_world1_and_exact_resume(base_dir):
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'w1'], base_dir)
@@ -72,7 +51,7 @@ def test_base_world2_equals_world1_and_exact_resume(base_dir):
     assert len(l1) == len(l2) == 8 and rel <= 1e-5 and prm <= 1e-5
     # one process: interrupted by SIGTERM after step 3, resumed, identical to straight (bitwise)
     res = stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r1'], base_dir,
-                env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '3'})
+                env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '3'}, expect=143)   # 128 + SIGTERM: a stop is not a finish
     assert 'stopped at step 3' in res.stdout and not meta(base_dir, 'base_checkpoints', 'r1')['finished']
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r1'], base_dir)
     assert losses(base_dir, 'base_checkpoints', 'r1') == l1
@@ -80,14 +59,14 @@ def test_base_world2_equals_world1_and_exact_resume(base_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
     # two processes interrupted and resumed on two processes: identical to the straight 2-process run (bitwise)
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r22'], base_dir, nproc=2,
-          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '3'})
+          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '3'}, expect=1)   # the workers exit 143, torchrun itself 1
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r22'], base_dir, nproc=2)
     assert losses(base_dir, 'base_checkpoints', 'r22') == l2
     a, b = weights(base_dir, 'base_checkpoints', 'r22'), weights(base_dir, 'base_checkpoints', 'w2')
     assert all(torch.equal(a[k], b[k]) for k in a)
     # two processes interrupted (SIGTERM in rank 0), resumed on one process: the same curve
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r2'], base_dir, nproc=2,
-          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '4'})
+          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '4'}, expect=1)
     assert not meta(base_dir, 'base_checkpoints', 'r2')['finished'] and meta(base_dir, 'base_checkpoints', 'r2')['world_size'] == 2
     stage('nanolit.base_train', TINY + ['--num-iterations', '8', '--model-tag', 'r2'], base_dir)
     lr2 = losses(base_dir, 'base_checkpoints', 'r2')
@@ -122,7 +101,7 @@ def test_mid_and_sft_exact_resume_and_two_processes(with_base):
     bd = with_base
     stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm1'], bd)
     stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm2'], bd,
-          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'})
+          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'}, expect=143)
     stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm2'], bd)
     assert losses(bd, 'mid_checkpoints', 'm2') == losses(bd, 'mid_checkpoints', 'm1')
     a, b = weights(bd, 'mid_checkpoints', 'm2'), weights(bd, 'mid_checkpoints', 'm1')
@@ -138,7 +117,7 @@ def test_mid_and_sft_exact_resume_and_two_processes(with_base):
     # SFT from the midtrained model: straight vs interrupted + resumed
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's1'], bd)
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's2'], bd,
-          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'})
+          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'}, expect=143)
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's2'], bd)
     assert losses(bd, 'chatsft_checkpoints', 's2') == losses(bd, 'chatsft_checkpoints', 's1')
     stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's3'], bd, nproc=2)
@@ -187,12 +166,6 @@ def test_kill_9_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert 'previous checkpoint loads: step 1' in res.stdout
 
-def one_line_error(res, *must):
-    assert res.returncode != 0
-    err = res.stderr.strip().splitlines()
-    assert err and err[-1].count('error:') == 1, res.stderr[-2000:]
-    for m in must: assert m in err[-1], err[-1]
-
 def test_bad_inputs_fail_with_one_line_and_overwrite_nothing(with_base, tmp_path):
     bd = with_base
     fresh = tmp_path / 'fresh'
@@ -216,7 +189,8 @@ def test_bad_inputs_fail_with_one_line_and_overwrite_nothing(with_base, tmp_path
                 bd, check=False)
     one_line_error(res, 'diverged')
     # resume with another sequence length or device batch size; a finished run is never overwritten
-    stage('nanolit.base_train', TINY + ['--num-iterations', '6', '--model-tag', 'int'], bd, env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'})
+    stage('nanolit.base_train', TINY + ['--num-iterations', '6', '--model-tag', 'int'], bd, env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'},
+          expect=143)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (Path(bd) / 'base_checkpoints' / 'int').rglob('*'))
     bad_len = [a if a != '64' else '32' for a in TINY]
     one_line_error(stage('nanolit.base_train', bad_len + ['--num-iterations', '6', '--model-tag', 'int'], bd, check=False),
