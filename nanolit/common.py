@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import threading
+import weakref
 from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
@@ -22,8 +23,10 @@ import torch.distributed as dist
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'GPU_PEAK_FLOPS', 'autodetect_device_type', 'get_dtype', 'autocast_context', 'get_dist_info',
            'in_notebook', 'is_ddp', 'print0', 'DistInfo', 'seed_everything', 'tune_cpu_allocator', 'compute_init',
-           'compute_cleanup', 'get_base_dir', 'get_peak_flops', 'device_peak_flops', 'compute_mfu', 'DummyWandb',
-           'wandb_mode', 'init_wandb', 'parse_args']
+           'compute_cleanup', 'record_collective_device', 'collective_device', 'check_collective_tensors', 'all_reduce',
+           'broadcast', 'all_gather', 'all_gather_into_tensor', 'reduce_scatter_tensor', 'barrier', 'get_base_dir',
+           'get_peak_flops', 'device_peak_flops', 'compute_mfu', 'DummyWandb', 'wandb_mode', 'init_wandb', 'parse_args',
+           'error_line', 'run_cli']
 
 # %% ../nbs/00_common.ipynb #813872aa
 DEVICE_TYPES = ('cuda', 'mps', 'cpu')
@@ -144,6 +147,7 @@ def compute_init(device_type: str = '', seed: int = 42) -> DistInfo:
         if not dist.is_initialized():
             dist.init_process_group('gloo')
             if not in_notebook(): atexit.register(_exit_skipping_teardown)
+    record_collective_device(device)   # what every collective's tensors are checked against (below)
     return DistInfo(True, rank, local_rank, world_size, device)
 
 # %% ../nbs/00_common.ipynb #2b11d9ea
@@ -160,9 +164,104 @@ def _exit_skipping_teardown():
 def compute_cleanup():
     "Barrier, then destroy the process group (and, on gloo, skip the C++ teardown at exit: see above)."
     if not (dist.is_available() and dist.is_initialized()): return
-    dist.barrier()
+    barrier()
     dist.destroy_process_group()
     _clean_exit.set()
+
+# %% ../nbs/00_common.ipynb #a0880f4f
+_GROUP_DEVICE = weakref.WeakKeyDictionary()   # process group → the device its collectives carry; dies with the group
+
+def _group(group=None):
+    "`group`, or the world's group when None; None when this process has no process group at all."
+    if not (dist.is_available() and dist.is_initialized()): return None
+    return dist.group.WORLD if group is None else group
+
+def record_collective_device(device: torch.device | str, group=None):
+    "Record `device` as the one whose tensors the collectives of `group` (default: the world) carry."
+    pg = _group(group)
+    if pg is None: raise RuntimeError("no process group to record a device for: join one first (compute_init under torchrun)")
+    _GROUP_DEVICE[pg] = torch.device(device)
+
+def collective_device(group=None) -> torch.device | None:
+    "The device whose tensors the collectives of `group` carry: as recorded, else the backend's; None with no group."
+    pg = _group(group)
+    if pg is None: return None
+    recorded = _GROUP_DEVICE.get(pg)
+    if recorded is not None: return recorded
+    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend(pg) == 'nccl' else torch.device('cpu')
+
+def check_collective_tensors(name: str, *tensors: torch.Tensor, group=None):
+    "Raise unless every tensor lives on `collective_device(group)`."
+    device = collective_device(group)
+    for t in tensors:
+        if t.device != device:
+            raise RuntimeError(f"{name} was given a tensor on {t.device}, but this process's collectives carry tensors "
+                               f"on {device} ({dist.get_backend(_group(group))}; NCCL takes only tensors on the "
+                               "process's own GPU): create it there, e.g. torch.tensor(..., device=info.device) or "
+                               "device=collective_device()")
+
+# %% ../nbs/00_common.ipynb #a0fffeef
+_REDUCE_OPS = {'sum': 'SUM', 'max': 'MAX', 'min': 'MIN', 'product': 'PRODUCT'}
+
+def _reduce_op(op: str):
+    if op not in _REDUCE_OPS:
+        raise ValueError(f"unknown reduction {op!r}: use one of {', '.join(_REDUCE_OPS)} "
+                         "(for a mean, divide the sum by the world size: gloo has no AVG)")
+    return getattr(dist.ReduceOp, _REDUCE_OPS[op])
+
+class _Done:
+    "The handle of a collective in a world of one: already complete."
+    def wait(self, *args, **kwargs) -> bool: return True
+    def is_completed(self) -> bool: return True
+
+def all_reduce(t: torch.Tensor, op: str = 'sum', async_op: bool = False, group=None):
+    "Reduce `t` in place over the ranks with `op` ('sum', 'max', 'min', 'product'); `t`, or a handle if `async_op`."
+    red = _reduce_op(op)
+    if _group(group) is None: return _Done() if async_op else t
+    check_collective_tensors('all_reduce', t, group=group)
+    work = dist.all_reduce(t, op=red, group=group, async_op=async_op)
+    return work if async_op else t
+
+def broadcast(t: torch.Tensor, src: int = 0, async_op: bool = False, group=None):
+    "Overwrite `t` on every rank with (global) rank `src`'s; `t`, or a handle if `async_op`."
+    if _group(group) is None: return _Done() if async_op else t
+    check_collective_tensors('broadcast', t, group=group)
+    work = dist.broadcast(t, src=src, group=group, async_op=async_op)
+    return work if async_op else t
+
+def all_gather(outs: list[torch.Tensor], inp: torch.Tensor, async_op: bool = False, group=None):
+    "Fill `outs[r]` with rank r's `inp`, for every rank r; `outs`, or a handle if `async_op`."
+    if _group(group) is None:
+        outs[0].copy_(inp)
+        return _Done() if async_op else outs
+    check_collective_tensors('all_gather', inp, *outs, group=group)
+    work = dist.all_gather(outs, inp, group=group, async_op=async_op)
+    return work if async_op else outs
+
+def all_gather_into_tensor(out: torch.Tensor, inp: torch.Tensor, async_op: bool = False, group=None):
+    "Fill `out` with every rank's `inp`, concatenated in rank order along dim 0; `out`, or a handle if `async_op`."
+    if _group(group) is None:
+        out.copy_(inp)
+        return _Done() if async_op else out
+    check_collective_tensors('all_gather_into_tensor', out, inp, group=group)
+    gather = getattr(dist, 'all_gather_single', None) or dist.all_gather_into_tensor
+    work = gather(out, inp, group=group, async_op=async_op)
+    return work if async_op else out
+
+def reduce_scatter_tensor(out: torch.Tensor, inp: torch.Tensor, op: str = 'sum', async_op: bool = False, group=None):
+    "Reduce `inp` over the ranks with `op`; rank r gets the r-th of equal parts along dim 0 in `out` (or a handle)."
+    red = _reduce_op(op)
+    if _group(group) is None:
+        out.copy_(inp)
+        return _Done() if async_op else out
+    check_collective_tensors('reduce_scatter_tensor', out, inp, group=group)
+    scatter = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_scatter_tensor
+    work = scatter(out, inp, op=red, group=group, async_op=async_op)
+    return work if async_op else out
+
+def barrier(group=None):
+    "Wait until every rank gets here (nothing to wait for in a world of one)."
+    if _group(group) is not None: dist.barrier(group=group)
 
 # %% ../nbs/00_common.ipynb #81b34608
 def get_base_dir() -> Path:
@@ -232,3 +331,18 @@ def parse_args(parser, argv: list[str] | None = None):
     if argv[:1] == ['--']: argv = argv[1:]
     args = parser.parse_args(argv)
     return args, dict(vars(args))
+
+# %% ../nbs/00_common.ipynb #40e8c0ed
+def error_line(e: BaseException) -> str:
+    "The message of a nanolit error, or an OS error's reason and file with what to do."
+    if isinstance(e, OSError) and e.filename is not None:
+        return (f"{e.strerror or e}: {e.filename}; check that the directory is writable and has space, or set "
+                "NANOLIT_BASE_DIR to one that is")
+    return str(e.args[0]) if e.args else repr(e)
+
+def run_cli(fn, prog: str, argv=None):
+    "`fn(argv)`, with input and OS errors turned into one line `prog: error: ...` and exit code 1."
+    try: return fn(argv)
+    except (OSError, ValueError, FloatingPointError, KeyError) as e:
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from .common import compute_init, in_notebook, parse_args, print0
+from .common import all_reduce, collective_device, compute_init, in_notebook, parse_args, print0
 from .engine import Engine
 from .tasks import TASKS, Task
 
@@ -36,8 +35,8 @@ def evaluate_task(task: Task, answer_fn, max_problems: int | None = None, rank: 
         else:
             ok = bool(task.evaluate(conv, answer_fn(conv)))
         correct += ok; total += 1
-    counts = torch.tensor([correct, total, chance], dtype=torch.float64)
-    if world_size > 1 and dist.is_initialized(): dist.all_reduce(counts)
+    counts = torch.tensor([correct, total, chance], dtype=torch.float64, device=collective_device())
+    if world_size > 1: all_reduce(counts)
     correct, total, chance = counts.tolist()
     acc = correct / max(total, 1)
     base = chance / max(total, 1)

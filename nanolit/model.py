@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
-           'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'softcap_ce_chunk', 'SoftcapCrossEntropy',
-           'softcap_cross_entropy', 'GPT', 'randomize_', 'build_model', 'num_scaling_params', 'estimate_flops']
+           'check_attention_dtypes', 'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'softcap_ce_chunk',
+           'SoftcapCrossEntropy', 'softcap_cross_entropy', 'GPT', 'randomize_', 'build_model', 'num_scaling_params',
+           'estimate_flops']
 
 # %% ../nbs/03_model.ipynb #8fc33dbf
 @dataclass
@@ -90,10 +91,10 @@ def _flash_attn3():
         return flash_attn_func
     except ImportError: return None
 
-def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
-    "Boolean (Tq, Tk) mask: query at position p may attend key at position s when p−window < s ≤ p."
+def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    "Boolean (Tq, Tk) mask: query at position p may attend key at position s when p−window < s ≤ p (s ≤ p if None)."
     d = q_pos[:, None] - k_pos[None, :]
-    return (d >= 0) & (d < window)
+    return (d >= 0) if window is None else (d >= 0) & (d < window)
 
 # %% ../nbs/03_model.ipynb #6db30018
 class KVCache:
@@ -108,6 +109,9 @@ class KVCache:
         "Store `k`, `v` (B, kv_heads, T, D) at the current position; return all keys and values so far."
         t0, t1 = self.pos, self.pos + k.size(2)
         if t1 > self.max_len: raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
+        if k.dtype != self.k.dtype or v.dtype != self.v.dtype:   # attention needs one dtype: see CausalSelfAttention
+            raise TypeError(f"KV cache holds {self.k.dtype} but got keys {k.dtype}, values {v.dtype}: make the KVCache "
+                            "in the dtype attention runs in (the projections' dtype: bf16 under autocast)")
         self.k[layer, :, :, t0:t1], self.v[layer, :, :, t0:t1] = k, v
         return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
 
@@ -121,13 +125,19 @@ class KVCache:
         return new
 
 # %% ../nbs/03_model.ipynb #1bee44f0
+def check_attention_dtypes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    "Raise unless q, k and v share one dtype, as Flash-Attention 3 requires."
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention inputs differ in dtype (q {q.dtype}, k {k.dtype}, v {v.dtype}), which Flash-Attention "
+                        "3 refuses: cast each to the projections' dtype before the attention call")
+
 class CausalSelfAttention(nn.Module):
     "Multi-head attention with rotary positions, QK-norm, grouped KV heads, a causal (and maybe sliding) window."
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.layer, self.n_head, self.n_kv_head, self.head_dim = layer, config.n_head, config.n_kv_head, config.head_dim
         self.window = config.window_sizes()[layer]
-        self.full = self.window >= config.sequence_len
+        self.full = self.window >= config.sequence_len   # a full layer attends to every earlier token, at any length
         self.c_q = nn.Linear(config.n_embd, config.n_head * self.head_dim, bias=False)
         self.c_k = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
@@ -139,10 +149,13 @@ class CausalSelfAttention(nn.Module):
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        if ve is not None:   # value embedding, mixed in by a per-head gate in (0, 2), 1 at init
+        dtype = v.dtype   # the projections' dtype (bf16 under autocast): attention runs in it
+        if ve is not None:   # value embedding (an fp32 table), mixed in by a per-head gate in (0, 2), 1 at init
             gate = 2 * torch.sigmoid(self.ve_gate(x))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
-        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(dtype)
+        # QK-norm; CUDA's autocast runs rms_norm in fp32, hence the casts back
+        q, k = norm(apply_rotary(q, cos, sin)).to(dtype), norm(apply_rotary(k, cos, sin)).to(dtype)
+        check_attention_dtypes(q, k, v)
         fa3 = _flash_attn3() if kv_cache is None and x.is_cuda else None
         if fa3 is not None:   # (B, T, H, D) layout; window given as (left, right)   [untested: needs a Hopper GPU]
             y = fa3(q, k, v, causal=True, window_size=(-1 if self.full else self.window - 1, 0))
@@ -150,16 +163,17 @@ class CausalSelfAttention(nn.Module):
             return self.c_proj(y.reshape(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         gqa = self.n_kv_head != self.n_head
+        window = None if self.full else self.window
         if kv_cache is None:
             if self.full: y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             else:
                 pos = torch.arange(T, device=x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, self.window), enable_gqa=gqa)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), enable_gqa=gqa)
         else:
             start = kv_cache.pos
             k, v = kv_cache.insert(self.layer, k, v)
             mask = window_mask(torch.arange(start, start + T, device=x.device), torch.arange(k.size(2), device=x.device),
-                               self.window)
+                               window)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
