@@ -9,11 +9,10 @@ import argparse
 import math
 
 import torch
-import torch.distributed as dist
 
 import nanolit.optim  # noqa: F401  (adds GPT.setup_optimizer)
 from .checkpoint import get_run_dir, load_checkpoint
-from .common import compute_init, in_notebook, parse_args, print0
+from .common import barrier, compute_init, in_notebook, parse_args, print0
 from .corpus import prepare_embedded_corpus
 from .model import GPT, build_model, config_from_depth
 from .schedules import lr_warmup_constant_warmdown, muon_momentum, weight_decay_schedule
@@ -79,7 +78,7 @@ def _main(argv=None) -> dict:
     info = compute_init(args.device_type, args.seed)
     tok = get_tokenizer()
     if info.is_primary and not args.data_dir: prepare_embedded_corpus()
-    if info.ddp: dist.barrier()
+    barrier()
     data_dir = args.data_dir or prepare_embedded_corpus()
     T, b = config['max_seq_len'], config['device_batch_size']
     model_cfg = config_from_depth(args.depth, tok.get_vocab_size(), T, args.aspect_ratio, args.head_dim, args.kv_ratio,

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from .common import get_base_dir, print0
+from .common import all_reduce, collective_device, get_base_dir, print0
 from .model import GPT, GPTConfig, build_model
 from .tokenizer import Tokenizer, get_tokenizer
 
@@ -102,11 +101,9 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 # %% ../nbs/09_checkpoint.ipynb #33501729
-def _any_rank(flag: bool, device='cpu') -> bool:
+def _any_rank(flag: bool) -> bool:
     "True on every rank when `flag` is true on any (a collective: every rank calls it)."
-    t = torch.tensor([float(flag)], device=device)
-    if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(all_reduce(torch.tensor([float(flag)], device=collective_device() or 'cpu'), 'max').item())
 
 def clear_debris(run_dir: Path | str):
     "Remove what interrupted saves left: `.tmp_step_*`, and `.old_step_N` (moved back to `step_N` if that is missing)."
@@ -116,7 +113,7 @@ def clear_debris(run_dir: Path | str):
         else: os.replace(p, final)   # killed in the middle of a swap: the old copy is the whole one
     for p in Path(run_dir).glob('.tmp_step_*'): shutil.rmtree(p, ignore_errors=True)
 
-def open_run_dir(run_dir: Path | str, rank: int = 0, device='cpu') -> RunLock | None:
+def open_run_dir(run_dir: Path | str, rank: int = 0) -> RunLock | None:
     """Every rank calls it when a run starts: global rank 0 takes the run directory's lock and clears the debris of
     interrupted saves; if another run holds the lock, every rank raises the same one-line error. Returns the lock on
     rank 0 (release it when the run ends; the OS does if the process dies), None elsewhere."""
@@ -126,10 +123,10 @@ def open_run_dir(run_dir: Path | str, rank: int = 0, device='cpu') -> RunLock | 
             lock = RunLock(run_dir); holder = lock.acquire()
             if holder is None: clear_debris(run_dir)
         except OSError as e: err = e
-    if _any_rank(err is not None, device):
+    if _any_rank(err is not None):
         if err is not None: raise err
         raise OSError(f"rank 0 could not open the run directory {run_dir}: see its error")
-    if _any_rank(holder is not None, device):
+    if _any_rank(holder is not None):
         raise FileExistsError(f"another run is using {run_dir}: {holder or _holder(run_dir / '.lock')}. Wait for it to "
                               "finish or stop it, or pass another --model-tag")
     return lock
@@ -152,7 +149,7 @@ def last_checkpoint(run_dir: Path | str) -> str:
     return f"step {steps[-1]} in {run_dir}" if steps else f"none yet in {run_dir}"
 
 def save_checkpoint(checkpoint_dir: Path | str, step: int, model_data: dict, optimizer_data: dict | None,
-                    meta_data: dict, rank: int = 0, keep_last: int | None = None, device='cpu') -> Path:
+                    meta_data: dict, rank: int = 0, keep_last: int | None = None) -> Path:
     """Write one checkpoint atomically (all ranks call it); returns its directory `checkpoint_dir/step_NNNNNN`.
     Refuses non-finite weights; on a write error (a full disk) removes its partial directory and raises one line."""
     run_dir = Path(checkpoint_dir)
@@ -161,15 +158,15 @@ def save_checkpoint(checkpoint_dir: Path | str, step: int, model_data: dict, opt
         raise FloatingPointError(f"not saving step {step}: the weights are not finite (training diverged). The last "
                                  f"finite checkpoint is {last_checkpoint(run_dir)}; lower the learning rates (e.g. "
                                  "--matrix-lr, --embedding-lr) or check the data, then run the same command to resume")
-    need = torch.tensor([float(_nbytes(optimizer_data) + (_nbytes(model_data) if rank == 0 else 0))], device=device)
-    if dist.is_available() and dist.is_initialized(): dist.all_reduce(need)
-    need, err, free = int(need.item()), None, None
+    need = torch.tensor([float(_nbytes(optimizer_data) + (_nbytes(model_data) if rank == 0 else 0))],
+                        device=collective_device() or 'cpu')
+    need, err, free = int(all_reduce(need).item()), None, None
     def attempt(fn):   # run `fn` on this rank, then agree across ranks whether any failed
         nonlocal err
         if err is None:
             try: fn()
             except OSError as e: err = e
-        return _any_rank(err is not None, device)
+        return _any_rank(err is not None)
     def prepare():
         nonlocal free
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -218,7 +218,7 @@ def download_shards(source: str, out_dir: Path | str, config: str | None = None,
 def main(argv: list[str] | None = None):
     "Console script `nanolit_data`: write the embedded corpus, or download/copy a text dataset, as parquet shards."
     import argparse
-    from nanolit.common import parse_args
+    from nanolit.common import parse_args, run_cli
     p = argparse.ArgumentParser(prog='nanolit_data', description=main.__doc__)
     p.add_argument('--hf-dataset', default='', help='HF dataset id or local parquet/json path (empty = embedded corpus)')
     p.add_argument('--hf-config', default=None, help='dataset config name, e.g. sample-10BT')
@@ -226,11 +226,13 @@ def main(argv: list[str] | None = None):
     p.add_argument('--max-docs', type=int, default=None, help='stop after this many documents')
     p.add_argument('--out-dir', default='', help='where to write shards (default: <base dir>/base_data/<name>)')
     p.add_argument('--val-permille', type=int, default=20, help='documents per thousand held out for validation')
-    args, _ = parse_args(p, argv)
-    if not args.hf_dataset: return print(prepare_embedded_corpus(args.out_dir or None, args.val_permille))
-    out = args.out_dir or get_base_dir() / 'base_data' / Path(args.hf_dataset.rstrip('/')).name
-    print(download_shards(args.hf_dataset, out, args.hf_config, text_column=args.text_column,
-                          max_docs=args.max_docs, val_permille=args.val_permille))
+    def _main(argv):
+        args, _ = parse_args(p, argv)
+        if not args.hf_dataset: return print(prepare_embedded_corpus(args.out_dir or None, args.val_permille))
+        out = args.out_dir or get_base_dir() / 'base_data' / Path(args.hf_dataset.rstrip('/')).name
+        print(download_shards(args.hf_dataset, out, args.hf_config, text_column=args.text_column,
+                              max_docs=args.max_docs, val_permille=args.val_permille))
+    run_cli(_main, 'nanolit_data', argv)
 
 # %% ../nbs/01_corpus.ipynb #3cfe3c45
 if __name__ == '__main__' and not in_notebook(): main()

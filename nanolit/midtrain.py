@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.distributed as dist
 
 import nanolit.optim  # noqa: F401
 from .checkpoint import get_run_dir, load_checkpoint, load_model

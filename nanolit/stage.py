@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import RunLock, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
-from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0
+from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
 from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream
 from .train import TrainConfig, train
 
@@ -94,7 +94,7 @@ def resolve_resume(stage: str, tag: str, config: dict, policy: str = 'auto') -> 
 
 def open_run(stage: str, tag: str, config: dict, policy: str, info: DistInfo) -> tuple[dict | None, RunLock | None]:
     "Lock the run directory (every rank calls it), then `resolve_resume`: (resume meta or None, the lock on rank 0)."
-    lock = open_run_dir(get_run_dir(stage, tag), info.rank, info.device)
+    lock = open_run_dir(get_run_dir(stage, tag), info.rank)
     try: return resolve_resume(stage, tag, config, policy), lock
     except BaseException:
         if lock is not None: lock.release()
@@ -162,22 +162,12 @@ def run_stage(stage: str, model, optimizer, loader, val_loaders: dict, info: Dis
         if lock is not None: lock.release()
     return summary
 
-def _one_line(e: BaseException) -> str:
-    "The message of a nanolit error, or an OS error's reason and file with what to do."
-    if isinstance(e, OSError) and e.filename is not None:
-        return (f"{e.strerror or e}: {e.filename}; check that the directory is writable and has space, or set "
-                "NANOLIT_BASE_DIR to one that is")
-    return str(e.args[0]) if e.args else repr(e)
-
 def stage_main(fn, prog: str, argv=None) -> None:
     """Run a stage's `fn(argv)`. nanolit's input errors and OS errors (a read-only or full disk) become one line
     `prog: error: ...` and exit code 1; a run stopped by a signal exits with 128 + its number (143 for SIGTERM), so
     that nothing downstream mistakes a stop for a finish. Returns None after a finished run: a console script's
     `sys.exit(main())` would treat any other value as a failure."""
-    try: summary = fn(argv)
-    except (OSError, ValueError, FloatingPointError, KeyError) as e:
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    summary = run_cli(fn, prog, argv)
     compute_cleanup()
     if isinstance(summary, dict) and summary.get('status') == 'interrupted':
         for stream in (sys.stdout, sys.stderr): stream.flush()

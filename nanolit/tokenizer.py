@@ -254,17 +254,19 @@ def train_tokenizer(data_dir: Path | str | None = None, vocab_size: int = 8192, 
 def main(argv: list[str] | None = None):
     "Console script `nanolit_tok_train`: train the BPE tokenizer (on the embedded corpus by default) and save it."
     import argparse
-    from nanolit.common import parse_args
+    from nanolit.common import parse_args, run_cli
     p = argparse.ArgumentParser(prog='nanolit_tok_train', description=main.__doc__)
     p.add_argument('--vocab-size', type=int, default=8192, help='vocabulary size, special tokens included')
     p.add_argument('--max-chars', type=int, default=2_000_000_000, help='characters of training text to use at most')
     p.add_argument('--doc-cap', type=int, default=10_000, help='characters used at most from each document')
     p.add_argument('--data-dir', default='', help='directory of train_*/val_* parquet shards (default: embedded corpus)')
     p.add_argument('--out-dir', default='', help='where to save (default: <base dir>/tokenizer)')
-    args, _ = parse_args(p, argv)
-    tok, report = train_tokenizer(args.data_dir or None, args.vocab_size, args.max_chars, args.doc_cap, args.out_dir or None)
-    print0(f"trained {tok} in {report['train_seconds']} s; held-out bytes/token: {report['val_bytes_per_token']:.3f} "
-           f"(byte-level baseline: 1.000); saved to {Path(args.out_dir or default_tokenizer_dir())}")
+    def _main(argv):
+        args, _ = parse_args(p, argv)
+        tok, report = train_tokenizer(args.data_dir or None, args.vocab_size, args.max_chars, args.doc_cap, args.out_dir or None)
+        print0(f"trained {tok} in {report['train_seconds']} s; held-out bytes/token: {report['val_bytes_per_token']:.3f} "
+               f"(byte-level baseline: 1.000); saved to {Path(args.out_dir or default_tokenizer_dir())}")
+    run_cli(_main, 'nanolit_tok_train', argv)
 
 # %% ../nbs/02_tokenizer.ipynb #eecb8462
 if __name__ == '__main__' and not in_notebook(): main()

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
 from .checkpoint import last_checkpoint, list_steps, load_checkpoint, save_checkpoint
-from .common import DistInfo, autocast_context, compute_mfu, device_peak_flops, get_dtype, in_notebook, print0
+from .common import DistInfo, all_reduce, autocast_context, compute_mfu, device_peak_flops, get_dtype, in_notebook, print0
 from .data import count_targets
 
 # %% auto #0
@@ -39,8 +38,7 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor, autocast
         y = y.reshape(-1)
         b = torch.where(y >= 0, token_bytes[y.clamp_min(0)], torch.zeros_like(y)).to(torch.float64)
         nats += (loss.double() * (b > 0)).sum(); nbytes += b.sum()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(nats); dist.all_reduce(nbytes)
+    all_reduce(nats); all_reduce(nbytes)
     model.train(was_training)
     if nbytes.item() == 0: raise ValueError("evaluate_bpb saw no bytes: the evaluation batches have no unmasked targets")
     return (nats / (math.log(2) * nbytes)).item()
@@ -113,10 +111,6 @@ class LoopState:
     min_val_bpb: float = float('inf')
     val: dict = field(default_factory=dict)
 
-def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
 # %% ../nbs/10_train.ipynb #4d0cf1a1
 def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: TrainConfig, run_dir: Path | str,
           meta: dict, token_bytes: torch.Tensor, resume: dict | None = None, wandb_run=None) -> dict:
@@ -144,7 +138,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
         save_checkpoint(run_dir, st.step, model.state_dict(), optimizer.state_dict(),
                         {**meta, 'finished': finished, 'signal': signum, 'world_size': info.world_size, 'loader': loader.state_dict(),
                          'loop_state': asdict(st), 'rng_state': torch.get_rng_state().tolist()},
-                        rank=info.rank, keep_last=cfg.keep_last, device=device)
+                        rank=info.rank, keep_last=cfg.keep_last)
     def evaluate():
         for name, make in val_loaders.items():
             batches, steps = make()
@@ -164,7 +158,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
     try:
         while True:
             done = cfg.num_iterations > 0 and st.step >= cfg.num_iterations or cfg.num_iterations <= 0 and loader.progress >= 1
-            flags = _all_reduce(torch.tensor([float(done), float(stop.poll())], device=device), dist.ReduceOp.MAX)
+            flags = all_reduce(torch.tensor([float(done), float(stop.poll())], device=device), 'max')
             last, signum = bool(flags[0]), int(flags[1])
             stopping = signum > 0
             fresh_start = st.step == 0 and not resume
@@ -188,7 +182,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                     if cfg.momentum_schedule: g['momentum'] = cfg.momentum_schedule(st.step)
                     if cfg.weight_decay_schedule: g['weight_decay'] = g['initial_weight_decay'] * cfg.weight_decay_schedule(frac)
             micro = [loader.next_microbatch() for _ in range(accum)]
-            n_targets = _all_reduce(count_targets(micro).to(device))
+            n_targets = all_reduce(count_targets(micro).to(device))
             if n_targets.item() == 0:
                 raise ValueError(f"every target of step {st.step} is masked (no token to learn from): check the mixture "
                                  "and the mask mode (an assistant mask on data without assistant turns?)")
@@ -197,7 +191,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 with autocast: loss = fwd(x, y, loss_reduction='sum')
                 (loss / n_targets).backward()
                 loss_sum += loss.detach().double()
-            loss = (_all_reduce(loss_sum) / n_targets).item()
+            loss = (all_reduce(loss_sum) / n_targets).item()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {st.step + 1}: training diverged and this step was not "
                                          f"applied. The last finite checkpoint is {last_checkpoint(run_dir)}; lower "
