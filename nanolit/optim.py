@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from fastcore.basics import patch
 
+from .common import all_gather_into_tensor, all_reduce, reduce_scatter_tensor
 from .model import GPT
 
 # %% auto #0
@@ -35,11 +36,7 @@ def orthogonalize(G: torch.Tensor, method: str = 'polar_express', steps: int = 5
     return (X.mT if tall else X).to(G.dtype)
 
 # %% ../nbs/05_optim.ipynb #af5b9217
-def _gather(out: torch.Tensor, inp: torch.Tensor, async_op=False):
-    return (getattr(dist, 'all_gather_single', None) or dist.all_gather_into_tensor)(out, inp, async_op=async_op)
-
-def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor, async_op=False):
-    return (getattr(dist, 'reduce_scatter_single', None) or dist.reduce_scatter_tensor)(out, inp, async_op=async_op)
+_gather, _reduce_scatter = all_gather_into_tensor, reduce_scatter_tensor   # chapter 0's checked collectives
 
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for 2-D matrix groups, AdamW for the rest; sharded across ranks when torch.distributed is initialised.
@@ -86,7 +83,7 @@ def step(self: MuonAdamW):
             for p in group['params']:
                 rows = self._adamw_rows(p)
                 if rows is None:
-                    g = grad(p).clone(); bufs.append((g, dist.all_reduce(g, async_op=True)))
+                    g = grad(p).clone(); bufs.append((g, all_reduce(g, async_op=True)))
                 else:
                     out = torch.empty_like(p[rows[0]:rows[1]])
                     bufs.append((out, _reduce_scatter(out, grad(p).contiguous(), async_op=True)))
@@ -195,48 +192,79 @@ def setup_optimizer(self: GPT, embedding_lr: float = 0.2, unembedding_lr: float 
 
 # %% ../nbs/05_optim.ipynb #c291294a
 @patch
-def _param_index(self: MuonAdamW) -> list[torch.Tensor]:
-    return [p for g in self.param_groups for p in g['params']]
+def _params(self: MuonAdamW) -> list[tuple[dict, int, torch.Tensor]]:
+    "(group, position in the group, parameter) for every parameter, in the order `state_dict` numbers them."
+    return [(g, j, p) for g in self.param_groups for j, p in enumerate(g['params'])]
+
+@patch
+def _saves(self: MuonAdamW, group: dict, j: int, p: torch.Tensor) -> bool:
+    "Whether this rank saves the state of parameter `j` of `group`: only its owner does (rank 0 for whole tensors)."
+    if group['kind'] == 'muon': return j in self._muon_owned(group)[1]
+    return self._adamw_rows(p) is not None or self.rank == 0
+
+def _plain(v): return v.item() if hasattr(v, 'item') else v   # a tensor or numpy hyper-parameter as a Python number
 
 @patch
 def state_dict(self: MuonAdamW) -> dict:
-    "This rank's state: `{'world_size', 'rank', 'groups': [hyper-parameters], 'state': {index: {'rows', tensors}}}`."
-    params, out = self._param_index(), {}
-    muon_owned = {id(g['params'][i]) for g in self.param_groups if g['kind'] == 'muon' for i in self._muon_owned(g)[1]}
-    for i, p in enumerate(params):
+    """This rank's share of the state, in plain containers (it loads with `torch.load(weights_only=True)`):
+
+        {'world_size': W, 'rank': r,
+         'groups': [{hyper-parameter: value, ..., 'num_params': n}, ...],      # every group, in order
+         'state': {i: {'rows': (start, end) | None, name: tensor, ...}, ...}}  # i: position among all groups' params
+
+    Each value is saved once, by its owner: the momentum (`momentum_buffer`, NorMuon's `second_moment`) of the Muon
+    matrices this rank updates; its `rows` of the row-sharded AdamW tensors (`exp_avg`, `exp_avg_sq`, `step`); and,
+    on rank 0 only, the AdamW tensors every rank updates whole (`rows` None). Parameters never stepped are absent."""
+    out = {}
+    for i, (g, j, p) in enumerate(self._params()):
         st = self.state.get(p)
-        if not st: continue
-        if id(p) in muon_owned or self._adamw_rows(p) is None: rows = None
-        else: rows = self._adamw_rows(p)
+        if not st or not self._saves(g, j, p): continue
+        rows = self._adamw_rows(p) if g['kind'] == 'adamw' else None
         out[i] = {'rows': rows, **{k: v.detach().clone() for k, v in st.items()}}
-    groups = [{k: v for k, v in g.items() if k != 'params'} | {'num_params': len(g['params'])} for g in self.param_groups]
+    groups = [{k: _plain(v) for k, v in g.items() if k != 'params'} | {'num_params': len(g['params'])}
+              for g in self.param_groups]
     return {'world_size': self.world_size, 'rank': self.rank, 'groups': groups, 'state': out}
+
+# %% ../nbs/05_optim.ipynb #5a1c0d25
+def _adamw_state_rows(p: torch.Tensor, saved: list[dict], rows: tuple[int, int] | None) -> dict:
+    "AdamW state of `rows` of `p` (all when None), cut from its saved entries: one whole, or row shards tiling `p`."
+    pieces = [e for e in saved if e['rows'] is None][:1] or sorted(saved, key=lambda e: e['rows'][0])
+    spans = [(0, p.size(0)) if e['rows'] is None else tuple(e['rows']) for e in pieces]
+    starts, ends = [s for s, _ in spans], [t for _, t in spans]
+    if starts != [0] + ends[:-1] or ends[-1] != p.size(0) or pieces[0]['exp_avg'].shape[1:] != p.shape[1:]:
+        raise ValueError(f"saved AdamW state (rows {spans} of shape {tuple(pieces[0]['exp_avg'].shape)}) does not fit "
+                         f"a {tuple(p.shape)} parameter: pass every optim_rank*.pt of one checkpoint of this model")
+    a, b = rows or (0, p.size(0))
+    def cut(k):   # the overlaps of the saved pieces with rows [a, b), on the CPU
+        return torch.cat([e[k][max(a, s) - s:min(b, t) - s] for e, (s, t) in zip(pieces, spans) if s < b and a < t])
+    return {k: v.to('cpu', copy=True) if v.ndim == 0 else cut(k).to(p.device)   # 'step' on the CPU, as a fresh one
+            for k, v in pieces[0].items() if k != 'rows'}
 
 @patch
 def load_state_dict(self: MuonAdamW, state: dict | list[dict], keep_hparams: bool = False):
-    "Load this rank's dict, or all ranks' dicts of a run at any world size; `keep_hparams` keeps this run's LRs/WD."
-    shards = state if isinstance(state, list) else [state]
-    ref = shards[0]
+    """Load the `state_dict()`s of all ranks of a run at any world size (a list; one process's dict may come alone),
+    keeping only what this rank owns now, moved to each parameter's device; `keep_hparams` keeps this run's LRs/WD."""
+    shards = sorted(state if isinstance(state, list) else [state], key=lambda sd: sd['rank'])
+    ref, W0 = shards[0], shards[0]['world_size']
     if [g['num_params'] for g in ref['groups']] != [len(g['params']) for g in self.param_groups]:
         raise ValueError("optimizer state does not match this model's parameter groups (another architecture?): "
                          "start with a fresh optimizer (--load-optimizer 0) or load a matching checkpoint")
-    if len(shards) != ref['world_size'] and not (len(shards) == 1 and ref['world_size'] == self.world_size):
-        raise ValueError(f"got {len(shards)} optimizer shard(s) from a run of world size {ref['world_size']}: "
-                         "pass all of them (one per rank of that run)")
-    pieces = defaultdict(list)   # parameter index -> [(rows, entry)]
-    for sd in shards:
-        for i, entry in sd['state'].items(): pieces[int(i)].append(entry)
+    ranks = [sd['rank'] for sd in shards]
+    if ranks != list(range(W0)) or any(sd['world_size'] != W0 for sd in shards):
+        raise ValueError(f"got optimizer shards of ranks {ranks} from a run of world size {W0}: "
+                         "pass all of them (every optim_rank*.pt of one checkpoint, one per rank of that run)")
     self.state.clear()
-    for i, p in enumerate(self._param_index()):
-        if i not in pieces: continue
-        entries = sorted(pieces[i], key=lambda e: -1 if e['rows'] is None else e['rows'][0])
-        keys = [k for k in entries[0] if k != 'rows']
-        if entries[0]['rows'] is None: full = {k: entries[0][k] for k in keys}   # whole (identical on every rank)
-        else: full = {k: entries[0][k] if k == 'step' else torch.cat([e[k] for e in entries]) for k in keys}
-        rows = self._adamw_rows(p)
-        own = full if rows is None or 'exp_avg' not in full else \
-              {k: v if k == 'step' else v[rows[0]:rows[1]] for k, v in full.items()}
-        self.state[p] = {k: v.clone().to(p.device) for k, v in own.items()}
+    for i, (g, j, p) in enumerate(self._params()):
+        saved = {sd['rank']: sd['state'][i] for sd in shards if i in sd['state']}   # rank -> entry
+        if not saved: continue                                                         # never stepped
+        if g['kind'] == 'adamw': self.state[p] = _adamw_state_rows(p, list(saved.values()), self._adamw_rows(p))
+        elif j in self._muon_owned(g)[1]:   # a matrix this rank updates: take its saved owner's copy, never a stale one
+            entry = saved.get(j // math.ceil(len(g['params']) / W0))
+            if entry is None: continue
+            if entry['momentum_buffer'].shape != p.shape:
+                raise ValueError(f"saved Muon momentum of shape {tuple(entry['momentum_buffer'].shape)} for a "
+                                 f"{tuple(p.shape)} matrix: load a checkpoint of this model, or a fresh optimizer")
+            self.state[p] = {k: v.to(p.device, copy=True) for k, v in entry.items() if k != 'rows'}
     if not keep_hparams:
         for g, saved in zip(self.param_groups, ref['groups']):
             g.update({k: v for k, v in saved.items() if k not in ('num_params', 'name')})
