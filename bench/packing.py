@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from nanolit.data import BestFitPacker, DataLoader, _item
+from nanolit.data import BestFitPacker, DataLoader, RenderSplit, _item, leaf_streams, pack_rows, rows_to_batch
 
 T, B, BOS = 2048, 32, 0
 
@@ -86,7 +86,75 @@ def loader_tokens_per_s(n_batches):
     t0 = time.perf_counter()
     for _ in range(n_batches): ld.next_microbatch()
     dt = time.perf_counter() - t0; ld.close()
-    return n_batches * B * T / dt
+    return n_batches * B * T / dt, tok, data_dir
+
+class TimedSplit(RenderSplit):
+    """Simulated rank `rank` of `world`: renders the other slices too (the rows need them), and keeps apart the time of
+    that (`others`), of its own slice's rendering (`own`) and of all slices' rendering (`every`); counts the blocks it
+    submits, so that timed windows can span whole blocks (the rendering comes in lumps of a row group per rank)."""
+    def __init__(self, rank, world):
+        super().__init__(rank, world); self.others = self.own = self.every = 0.0; self.blocks = 0
+    def submit(self, render, keys, cuts=None):
+        first = [True]
+        def timed(ks):
+            t0 = time.perf_counter(); out = render(ks); dt = time.perf_counter() - t0
+            self.every += dt
+            if first[0]: self.own += dt; first[0] = False
+            return out
+        block = super().submit(timed, keys, cuts); self.blocks += 1
+        return block
+    def _render_others(self, block):
+        t0 = time.perf_counter(); out = super()._render_others(block); self.others += time.perf_counter() - t0
+        return out
+    def rank_seconds(self, wall):
+        """The average rank's share of `wall`: the work every rank does, plus the mean slice rendering (in place of this
+        rank's own slice: with a small corpus a rank keeps drawing the same row groups)."""
+        return wall - self.others - self.own + self.every / self.world
+
+def todays_microbatch(packer, b, world, rank=0):
+    "Today's design, as `DataLoader._build` did it: pack all `world * b` rows of the global micro-batch, keep this rank's."
+    rows, train = pack_rows(packer, world * b)
+    mine = slice(rank * b, (rank + 1) * b)
+    return rows_to_batch(rows[mine], train[mine])
+
+def timed_blocks(step, split, n):
+    "Micro-batches and seconds (less the other ranks' rendering) from now until `n` more blocks have been submitted."
+    t0, before, b0, k = time.perf_counter(), split.rank_seconds(0.0), split.blocks, 0
+    while split.blocks < b0 + n: step(); k += 1
+    return k, split.rank_seconds(time.perf_counter() - t0) - before
+
+def per_rank_scaling(make_packer, worlds, b=B, rounds=4, blocks=3):
+    """Per-rank tokens/s {W: (split design, today's design)}, designs and world sizes interleaved round by round. A
+    window spans whole blocks (the rendering comes in lumps of a block), and the windows of a loader follow each other."""
+    runs = {}
+    for W in worlds:
+        new, old = make_packer(), make_packer()
+        split, solo = TimedSplit(0, W), TimedSplit(0, 1)
+        for s in leaf_streams(old.stream): s.split = solo                      # today's: one rank renders everything
+        ld = DataLoader(new, b, 0, W, split=split)
+        runs[W] = [(ld.next_microbatch, split, blocks), (lambda p=old, W=W: todays_microbatch(p, b, W), solo, blocks * W)]
+        for step, sp, _ in runs[W]:
+            n0 = sp.blocks
+            while sp.blocks == n0: step()                                       # past the first fill, up to a block edge
+    done = {W: [[0, 0.0], [0, 0.0]] for W in worlds}
+    for _ in range(rounds):
+        for W in worlds:
+            for acc, (step, sp, n) in zip(done[W], runs[W]):
+                k, dt = timed_blocks(step, sp, n); acc[0] += k; acc[1] += dt
+    return {W: tuple(k * b * T / dt for k, dt in done[W]) for W in worlds}
+
+def uniform_shard(data_dir, row_group_docs=128, seed=0):
+    """The embedded corpus shuffled into one shard of equal row groups, as web-scale pretraining shards are laid out (the
+    standard library's files, in module order, alternate row groups of 256 and ~80 documents: with 12 row groups, rank
+    0 of W=2 would always draw the big ones, which measures that corpus's imbalance, not the loader)."""
+    import tempfile
+    import pyarrow as pa, pyarrow.parquet as pq
+    from nanolit.corpus import iter_texts
+    texts = list(iter_texts(data_dir, 'train'))
+    np.random.default_rng(seed).shuffle(texts)
+    out = tempfile.mkdtemp(prefix='nanolit_bench_')
+    pq.write_table(pa.table({'text': texts}), f'{out}/train_00000.parquet', row_group_size=row_group_docs)
+    return out
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__); ap.add_argument('--batches', type=int, default=30)
@@ -99,12 +167,28 @@ def main():
         ratios[mode], speeds[mode] = our_rps / base_rps, our_rps
         print(f"{mode:4s}: nanolit {our_rps:9,.0f} rows/s, {'cropped' if mode == 'crop' else 'padding'} {our_waste:.2%} | "
               f"linear scan {base_rps:9,.0f} rows/s, {base_waste:.2%} | speed-up {ratios[mode]:.1f}x")
-    tps = loader_tokens_per_s(n)
+    tps, tok, data_dir = loader_tokens_per_s(n)
     print(f"pretraining loader (parquet -> tokenize -> pack, one CPU thread + tiktoken threads): {tps:,.0f} tok/s "
           f"({tps / 100_000:.1f}x one H100's ~100k tok/s in a d20 run)")
     worst = min(ratios, key=ratios.get)
     print(f"best-fit packing, {worst} mode (the smaller speed-up): {speeds[worst]:,.0f} rows/s "
           f"({ratios[worst]:.1f}x vs linear-scan best fit)")
+
+    from nanolit.data import DocumentStream
+    from nanolit.tasks import build_mixture_stream, mixture_spec
+    shard = uniform_shard(data_dir)
+    docs = lambda: BestFitPacker(DocumentStream(shard, 'train', tok, max_len=T + 1), T, 'crop', buffer_size=1000)
+    scaling = per_rank_scaling(docs, (1, 2, 4, 8))
+    for W, (new, old) in scaling.items():
+        print(f"pretraining loader, a rank of W={W}: split {new:11,.0f} tok/s per rank ({new / scaling[1][0]:.2f}x W=1) | "
+              f"today's design {old:11,.0f} tok/s ({old / scaling[1][1]:.2f}x W=1)")
+    mix = lambda: BestFitPacker(build_mixture_stream(mixture_spec('default', 'train'), tok, T + 1, 'assistant',
+                                                     DocumentStream(shard, 'train', tok, max_len=T + 1), 0.3), T, 'pad', 100)
+    conv = per_rank_scaling(mix, (1, 8), rounds=3, blocks=2)
+    print(f"conversation loader (pad, default mixture + 30% replay): W=8 split {conv[8][0]:,.0f} tok/s per rank "
+          f"({conv[8][0] / conv[1][0]:.2f}x W=1) | today's design {conv[8][1]:,.0f} ({conv[8][1] / conv[1][1]:.2f}x W=1)")
+    new8, new1, old8, old1 = scaling[8][0], scaling[1][0], scaling[8][1], scaling[1][1]
+    print(f"per-rank loader tokens/s at W=8: {new8:,.0f} tok/s ({new8 / new1:.2f}x vs W=1; today's design {old8 / old1:.2f}x)")
 
 if __name__ == '__main__':
     main()

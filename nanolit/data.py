@@ -16,13 +16,108 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
 
+from .common import all_gather
 from .corpus import list_shards
 from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['Item', 'split_pieces', 'DocumentStream', 'PackStats', 'BestFitPacker', 'padding_start', 'draw_rows', 'pack_rows',
-           'TaskStream', 'split_row_items', 'rows_to_batch', 'DataLoader', 'count_targets']
+__all__ = ['encode_parts', 'decode_parts', 'Block', 'RenderSplit', 'BlockStream', 'Item', 'split_pieces', 'DocumentStream',
+           'PackStats', 'BestFitPacker', 'padding_start', 'draw_rows', 'pack_rows', 'TaskStream', 'split_row_items',
+           'rows_to_batch', 'leaf_streams', 'default_split', 'DataLoader', 'count_targets']
+
+# %% ../nbs/07_data.ipynb #5b1e0c02
+def encode_parts(parts: list[list[tuple]]) -> np.ndarray:
+    "One int32 array for a slice's rendered keys: [items per key…, length of each item…, tokens…], a masked token t as −1−t."
+    items = [x for p in parts for x in p]
+    toks = [np.asarray(ids, np.int32) if mask is None else
+            np.where(np.asarray(mask) != 0, np.asarray(ids, np.int32), -1 - np.asarray(ids, np.int32)) for ids, mask in items]
+    head = np.asarray([len(p) for p in parts] + [len(t) for t in toks], np.int32)
+    return np.concatenate([head, *toks]) if toks else head
+
+def decode_parts(payload: np.ndarray, n_keys: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    "The inverse of `encode_parts`: for each of the `n_keys` keys, its items' (ids int32, mask uint8)."
+    counts = payload[:n_keys]; n = int(counts.sum())
+    lens, toks = payload[n_keys:n_keys + n], payload[n_keys + n:]
+    masked = toks < 0
+    if masked.any(): ids, mask = np.where(masked, -1 - toks, toks), (~masked).view(np.uint8)
+    else: ids, mask = toks, np.ones(len(toks), np.uint8)   # documents: nothing masked, no copy
+    ends = np.cumsum(lens); starts = ends - lens
+    flat = [(ids[a:b], mask[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+    firsts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    return [flat[a:b] for a, b in zip(firsts, firsts[1:])]
+
+class Block:
+    "A block of keys: this rank's slice rendered (`payload`), every slice once exchanged; `result()` waits for that."
+    def __init__(self, keys: list, cuts: list[int], render, payload: np.ndarray, tag: int):
+        self.keys, self.cuts, self.render, self.payload, self.tag = keys, cuts, render, payload, tag
+        self.parts, self.done = None, threading.Event()
+    def result(self, stop: threading.Event | None = None) -> list:
+        while not self.done.wait(0.05):
+            if stop is not None and stop.is_set(): raise RuntimeError("the loader was closed while waiting for a block")
+        return self.parts
+
+class RenderSplit:
+    """Who renders what: each block of keys is cut into `world` contiguous slices and this rank renders slice `rank`.
+    With `distributed`, the slices are all-gathered on `group` (tensors on `device`); else every slice is rendered here.
+    With `deferred`, exchanges wait in `requests` until the training thread calls `serve` (collectives stay on it)."""
+    def __init__(self, rank: int = 0, world: int = 1, distributed: bool = False, group=None, device='cpu'):
+        self.rank, self.world, self.distributed, self.group, self.device = rank, world, distributed, group, torch.device(device)
+        self.deferred, self.requests, self.tag, self.stop = False, deque(), 0, threading.Event()
+
+    def even_cuts(self, n: int) -> list[int]: return [q * n // self.world for q in range(self.world + 1)]
+
+    def submit(self, render, keys: list, cuts: list[int] | None = None) -> Block:
+        """Render this rank's slice of `keys` now (`render`: keys -> items per key; slice q is keys[cuts[q]:cuts[q+1]],
+        even by default) and exchange it, now or when served."""
+        cuts = cuts or self.even_cuts(len(keys))
+        block = Block(keys, cuts, render, encode_parts(render(keys[cuts[self.rank]:cuts[self.rank + 1]])), self.tag)
+        if self.deferred: self.requests.append(block)
+        else: self.exchange(block)
+        return block
+
+    def serve(self, upto: int):
+        "Exchange the waiting blocks submitted while building micro-batches up to `upto` (on the training thread)."
+        while self.requests and self.requests[0].tag <= upto: self.exchange(self.requests.popleft())
+
+    def exchange(self, block: Block):
+        payloads = self._all_gather(block.payload) if self.distributed else self._render_others(block)
+        block.parts = [x for a, b, p in zip(block.cuts, block.cuts[1:], payloads) for x in decode_parts(p, b - a)]
+        block.payload = block.render = None
+        block.done.set()
+
+    def _render_others(self, block: Block) -> list[np.ndarray]:
+        "No process group: render the other ranks' slices here (simulated ranks; today's cost)."
+        return [block.payload if q == self.rank else encode_parts(block.render(block.keys[a:b]))
+                for q, (a, b) in enumerate(zip(block.cuts, block.cuts[1:]))]
+
+    def _all_gather(self, payload: np.ndarray) -> list[np.ndarray]:
+        mine = torch.from_numpy(payload).to(self.device)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
+        all_gather(sizes, torch.tensor([len(payload)], dtype=torch.int64, device=self.device), group=self.group)
+        sizes = [int(s.item()) for s in sizes]
+        padded = torch.zeros(max(sizes), dtype=torch.int32, device=self.device); padded[:len(payload)] = mine
+        out = [torch.empty_like(padded) for _ in range(self.world)]
+        all_gather(out, padded, group=self.group)
+        return [o[:s].cpu().numpy() for o, s in zip(out, sizes)]
+
+class BlockStream:
+    """Base of the streams that render their items in blocks of consecutive integer keys through `split` (a rank alone
+    unless a `DataLoader` hands the job's split over): `block_keys` keys per rank, `ahead` blocks submitted in advance."""
+    block_keys, ahead = 64, 4
+    def render_keys(self, keys: list[int]) -> list[list[tuple]]: raise NotImplementedError   # per key: its (ids, mask|None)
+    def _reset_blocks(self): self._ahead = deque()
+
+    def _submit(self, start: int) -> Block:
+        return self.split.submit(self.render_keys, list(range(start, start + self.block_keys * self.split.world)))
+
+    def _block(self, start: int) -> tuple[list[int], list]:
+        "The keys of the block that starts at `start` and their rendered items, keeping `ahead` later blocks submitted."
+        if not self._ahead or self._ahead[0].keys[0] != start: self._ahead = deque([self._submit(start)])  # a start, a resume
+        while len(self._ahead) <= self.ahead: self._ahead.append(self._submit(self._ahead[-1].keys[-1] + 1))
+        block = self._ahead.popleft()
+        return block.keys, block.result(self.split.stop)
 
 # %% ../nbs/07_data.ipynb #dc5053ee
 class Item(NamedTuple):
@@ -41,11 +136,13 @@ def split_pieces(ids: list[int], max_len: int | None, bos: int) -> list[list[int
     body, step = ids[1:], max_len - 1
     return [[bos] + body[i:i + step] for i in range(0, len(body), step)]
 
-class DocumentStream:
-    "Documents of a `split` from parquet shards, in order, epoch after epoch, tokenized with BOS, cut to `max_len` pieces."
-    def __init__(self, data_dir, split: str, tokenizer: Tokenizer, max_len: int | None = None, batch_docs: int = 256,
+class DocumentStream(BlockStream):
+    """Documents of a `split` from parquet shards, in order, epoch after epoch, tokenized with BOS, cut to `max_len`
+    pieces. A block gives each rank the rest of one parquet row group (at most `batch_docs` documents)."""
+    ahead = 1   # a row group per rank: a block lasts several micro-batches
+    def __init__(self, data_dir, split: str, tokenizer: Tokenizer, max_len: int | None = None, batch_docs: int = 1024,
                  num_threads: int = 4):
-        self.tokenizer, self.max_len, self.batch_docs, self.num_threads = tokenizer, max_len, batch_docs, num_threads
+        self.tokenizer, self.max_len, self.block_keys, self.num_threads = tokenizer, max_len, batch_docs, num_threads
         self.bos = tokenizer.get_bos_token_id()
         self.groups = []   # (path, row group, first global row); one entry per parquet row group
         n = 0
@@ -55,8 +152,11 @@ class DocumentStream:
                 if md.row_group(rg).num_rows: self.groups.append((path, rg, n)); n += md.row_group(rg).num_rows
         if n == 0: raise ValueError(f"the {split} shards in {data_dir} hold no documents")
         self.num_docs, self._starts = n, [g[2] for g in self.groups]
+        self._ends = self._starts[1:] + [n]
         self._cached = (None, None)
+        self.split = RenderSplit()
         self.next_key, self._pending, self._fetched = [0, 0], deque(), 0
+        self._reset_blocks()
 
     def text(self, g: int) -> str:
         "The text of global document `g` (any epoch)."
@@ -67,20 +167,30 @@ class DocumentStream:
             self._cached = (j, pq.ParquetFile(path).read_row_group(rg, columns=['text']).column('text').to_pylist())
         return self._cached[1][i - self._starts[j]]
 
-    def _pieces(self, docs: list[int]) -> list[list[list[int]]]:
+    def _submit(self, start: int) -> Block:
+        "A block whose slice q runs from where slice q-1 ended to the end of its row group: a rank reads only its own."
+        cuts, g = [0], start
+        for _ in range(self.split.world):
+            i = g % self.num_docs
+            g += min(self._ends[bisect.bisect_right(self._starts, i) - 1] - i, self.block_keys)
+            cuts.append(g - start)
+        return self.split.submit(self.render_keys, list(range(start, g)), cuts)
+
+    def render_keys(self, docs: list[int]) -> list[list[tuple]]:
+        "Documents `docs`, each as its BOS-led pieces (ids, no mask)."
         ids = self.tokenizer.encode([self.text(g) for g in docs], prepend='<|bos|>', num_threads=self.num_threads)
-        return [split_pieces(x, self.max_len, self.bos) for x in ids]
+        return [[(piece, None) for piece in split_pieces(x, self.max_len, self.bos)] for x in ids]
 
     def render(self, key) -> Item:
         g, p = key
-        return _item([g, p], self._pieces([g])[0][p])
+        return _item([g, p], self.render_keys([g])[0][p][0])
 
     def next(self) -> Item:
         if not self._pending:
             first, skip = (self.next_key[0], self.next_key[1]) if self._fetched <= self.next_key[0] else (self._fetched, 0)
-            docs = list(range(first, first + self.batch_docs))
-            for g, pieces in zip(docs, self._pieces(docs)):
-                self._pending.extend(_item([g, p], ids) for p, ids in enumerate(pieces) if not (g == first and p < skip))
+            docs, parts = self._block(first)
+            for g, pieces in zip(docs, parts):
+                self._pending.extend(Item([g, p], ids, mask) for p, (ids, mask) in enumerate(pieces) if not (g == first and p < skip))
             self._fetched = docs[-1] + 1
         item = self._pending.popleft()
         self.next_key = self._pending[0].key if self._pending else [self._fetched, 0]
@@ -90,6 +200,7 @@ class DocumentStream:
     def state_dict(self) -> dict: return {'next_key': list(self.next_key)}
     def load_state_dict(self, state: dict):
         self.next_key, self._pending, self._fetched = list(state['next_key']), deque(), 0
+        self._reset_blocks()
 
 # %% ../nbs/07_data.ipynb #7bd60d2a
 @dataclass
@@ -111,6 +222,7 @@ class BestFitPacker:
         self.bos = bos_id if bos_id is not None else stream.tokenizer.get_bos_token_id()
         self.lengths, self.order, self.items, self.next_seq = [], [], {}, 0   # sorted (length, seq) and seq -> Item
         self.stats = PackStats()
+        self._counts = getattr(stream, 'counts_for_progress', lambda key: True)
 
     def _push(self, item: Item):
         if len(item.ids) > self.cap:   # longer than a row: cut to a row, counted (and its tail counted as cropped)
@@ -127,12 +239,13 @@ class BestFitPacker:
         _, seq = self.order.pop(i)
         item = self.items.pop(seq)
         self.stats.consumed += 1
-        if getattr(self.stream, 'counts_for_progress', lambda k: True)(item.key): self.stats.progress_items += 1
+        if self._counts(item.key): self.stats.progress_items += 1
         self.last_key = item.key
         return item
 
     def next_row(self, row: np.ndarray, train: np.ndarray):
-        "Fill `row` (int32, cap) with tokens and `train` (uint8, cap) with 1 where a token may be a target."
+        """Fill `row` (int32, cap) with tokens and `train` (uint8, cap) with 1 where a token may be a target; with `row`
+        None, decide the row (the packer moves on exactly the same) without writing it: another rank's row."""
         n, self.row_items = 0, []   # (key, tokens placed) of this row's items, for drawing and debugging
         while n < self.cap:
             self._fill()
@@ -142,15 +255,15 @@ class BestFitPacker:
                 L = self.order[i][0]
                 i = bisect.bisect_left(self.order, (L, -1))
                 item = self._pop(i)
-                row[n:n + L], train[n:n + L] = item.ids, item.mask
+                if row is not None: row[n:n + L], train[n:n + L] = item.ids, item.mask
                 n += L; self.stats.tokens += L; self.row_items.append((item.key, L))
             elif self.mode == 'crop':
                 item = self._pop(0)                                          # the shortest: the least dropped
-                row[n:], train[n:] = item.ids[:room], item.mask[:room]
+                if row is not None: row[n:], train[n:] = item.ids[:room], item.mask[:room]
                 self.stats.cropped += len(item.ids) - room; self.stats.tokens += room; self.row_items.append((item.key, room))
                 n = self.cap
             else:
-                row[n:], train[n:] = self.bos, 0
+                if row is not None: row[n:], train[n:] = self.bos, 0
                 self.stats.padding += room
                 n = self.cap
         self.stats.rows += 1
@@ -202,22 +315,33 @@ def pack_rows(packer: BestFitPacker, n: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, train
 
 # %% ../nbs/07_data.ipynb #02a34142
-class TaskStream:
+class TaskStream(BlockStream):
     "Rendered conversations of an indexable `task`, epoch after epoch; `mask_mode` 'all' or 'assistant'."
+    block_keys, ahead = 1024, 4   # conversations are short: a block of ~1,000 is about one micro-batch of tokens
     def __init__(self, task, tokenizer: Tokenizer, max_tokens: int, mask_mode: str = 'all'):
         if len(task) == 0: raise ValueError("the task mixture is empty: give it at least one task with examples")
         if mask_mode not in ('all', 'assistant'): raise ValueError(f"mask_mode must be 'all' or 'assistant', not {mask_mode!r}")
         self.task, self.tokenizer, self.max_tokens, self.mask_mode = task, tokenizer, max_tokens, mask_mode
-        self.next_index, self.epoch_items = 0, len(task)
-    def render(self, key) -> Item:
-        ids, mask = self.tokenizer.render_conversation(self.task[key % len(self.task)], max_tokens=self.max_tokens)
-        return _item(key, ids, None if self.mask_mode == 'all' else mask)
+        self.next_index, self.epoch_items, self.split, self._pending = 0, len(task), RenderSplit(), deque()
+        self._reset_blocks()
+    def render_keys(self, keys: list[int]) -> list[list[tuple]]:
+        out = []
+        for key in keys:
+            ids, mask = self.tokenizer.render_conversation(self.task[key % len(self.task)], max_tokens=self.max_tokens)
+            out.append([(ids, None if self.mask_mode == 'all' else mask)])
+        return out
+    def render(self, key) -> Item: return _item(key, *self.render_keys([key])[0][0])
     def next(self) -> Item:
-        item = self.render(self.next_index); self.next_index += 1
-        return item
+        if not self._pending:
+            keys, parts = self._block(self.next_index)
+            self._pending = deque(Item(k, *p[0]) for k, p in zip(keys, parts))
+        self.next_index += 1
+        return self._pending.popleft()
     def epoch_of(self, key) -> int: return key // self.epoch_items + 1
     def state_dict(self) -> dict: return {'next_index': self.next_index}
-    def load_state_dict(self, state: dict): self.next_index = int(state['next_index'])
+    def load_state_dict(self, state: dict):
+        self.next_index, self._pending = int(state['next_index']), deque()
+        self._reset_blocks()
 
 # %% ../nbs/07_data.ipynb #29934385
 def split_row_items(row: np.ndarray, bos: int, padding_start: int | None = None) -> list[list[int]]:
@@ -236,23 +360,42 @@ def rows_to_batch(rows: np.ndarray, train: np.ndarray, device='cpu') -> tuple[to
     return inputs.to(device, non_blocking=pin), targets.to(device, non_blocking=pin)
 
 # %% ../nbs/07_data.ipynb #acba011d
+def leaf_streams(stream) -> list:
+    "The streams under `stream` that render through a split (those with a `split`), opening mixtures (their `streams`)."
+    subs = getattr(stream, 'streams', None)
+    if subs: return [s for sub in subs.values() for s in leaf_streams(sub)]
+    return [stream] if isinstance(getattr(stream, 'split', None), RenderSplit) else []
+
+def default_split(rank: int, world_size: int, device='cpu') -> RenderSplit:
+    "An all-gather over the default process group when it spans `world_size` ranks; else every rank renders everything."
+    on = world_size > 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size
+    return RenderSplit(rank, world_size, distributed=on, device=device)
+
 class DataLoader:
     "This rank's micro-batches from a packer, with progress, epoch, stats and an exact `state_dict`."
     def __init__(self, packer: BestFitPacker, device_batch_size: int, rank: int = 0, world_size: int = 1,
-                 device='cpu', prefetch: int = 0, state: dict | None = None):
+                 device='cpu', prefetch: int = 0, state: dict | None = None, split: RenderSplit | None = None):
         self.packer, self.b, self.rank, self.world, self.device = packer, device_batch_size, rank, world_size, device
+        self.split = split if split is not None else default_split(rank, world_size, device)
+        for s in leaf_streams(packer.stream): s.split = self.split
+        self.split.deferred = prefetch > 0 and self.split.distributed   # collectives stay on the training thread
         if state is not None: packer.load_state_dict(state)
-        self._state = packer.state_dict()
-        self._queue, self._thread, self._stop = None, None, threading.Event()
+        self._state, self._built, self._taken = packer.state_dict(), 0, 0
+        self._queue, self._thread, self._stop = None, None, self.split.stop
         if prefetch > 0:
             self._queue = queue.Queue(maxsize=prefetch)
             self._thread = threading.Thread(target=self._work, daemon=True); self._thread.start()
 
     def _build(self):
-        n = self.b * self.world
-        rows, train = pack_rows(self.packer, n)
-        mine = slice(self.rank * self.b, (self.rank + 1) * self.b)
-        return rows[mine], train[mine], self.packer.state_dict()
+        "Decide all W·b rows of the next global micro-batch (every rank's packer must stay the same) and fill this rank's."
+        self.split.tag = self._built
+        rows, train = np.zeros((self.b, self.packer.cap), np.int32), np.zeros((self.b, self.packer.cap), np.uint8)
+        for i in range(self.world * self.b):
+            r = i - self.rank * self.b
+            if 0 <= r < self.b: self.packer.next_row(rows[r], train[r])
+            else: self.packer.next_row(None, None)
+        self._built += 1
+        return rows, train, self.packer.state_dict()
 
     def _work(self):
         try:
@@ -262,14 +405,24 @@ class DataLoader:
                     try: self._queue.put(item, timeout=0.1); break
                     except queue.Full: pass
         except BaseException as e:   # hand the error to the training thread instead of dying silently
-            self._queue.put(e)
+            if not self._stop.is_set(): self._queue.put(e)
+
+    def _next_built(self):
+        if self._queue is None: return self._build()
+        while True:   # exchange the blocks the packer asked for while building micro-batches up to this one
+            self.split.serve(self._taken)
+            try: out = self._queue.get(timeout=0.002 if self.split.deferred else None); break
+            except queue.Empty: pass
+        self.split.serve(self._taken)
+        return out
 
     def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
         "This rank's (inputs, targets) of the next global micro-batch."
         if self._stop.is_set(): raise RuntimeError("this DataLoader was closed")
-        out = self._queue.get() if self._queue is not None else self._build()
+        out = self._next_built()
         if isinstance(out, BaseException): raise out
         rows, train, self._state = out
+        self._taken += 1
         return rows_to_batch(rows, train, self.device)
 
     def state_dict(self) -> dict: return self._state
