@@ -28,6 +28,19 @@ def max_rel(a: dict, b: dict) -> float:
     "The largest per-tensor relative difference ||a - b|| / ||b|| (L2) over the tensors of `b` (weights, gradients)."
     return max(((a[k] - b[k]).double().norm() / b[k].double().norm().clamp_min(1e-12)).item() for k in b)
 
+TINY = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '2',
+        '--total-batch-size', '512', '--eval-every', '-1', '--eval-tokens', '256', '--matrix-lr', '0.2',
+        '--embedding-lr', '2.0', '--unembedding-lr', '0.05', '--target-param-data-ratio', '-1']   # a 2-layer base run
+MID = ['--eval-every', '-1', '--eval-tokens', '256', '--mixture-scale', '0.02']                # mid/SFT on top of it
+
+def base_dir_with_tokenizer(tmp_path_factory, name: str) -> Path:
+    "A fresh base directory with the embedded corpus and a 512-token tokenizer (for a test module's stage runs)."
+    d = tmp_path_factory.mktemp(name) / 'nanolit'
+    res = run([sys.executable, '-m', 'nanolit.tokenizer', '--vocab-size', '512', '--max-chars', '2000000'],
+              {'NANOLIT_BASE_DIR': str(d)})
+    assert res.returncode == 0, res.stderr
+    return d
+
 def stage(module, args, base_dir, nproc=1, env=None, check=True, timeout=300, expect=0):
     "Run a stage's module (alone, or under torchrun with `nproc` processes); by default assert it exits `expect`."
     env = {'NANOLIT_BASE_DIR': str(base_dir), **(env or {})}

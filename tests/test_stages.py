@@ -16,21 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import WORKERS, losses, max_rel, meta, needs_cxx, one_line_error, run, stage, torchrun_cmd, weights
-
-TINY = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '2',
-        '--total-batch-size', '512', '--eval-every', '-1', '--eval-tokens', '256', '--matrix-lr', '0.2',
-        '--embedding-lr', '2.0', '--unembedding-lr', '0.05', '--target-param-data-ratio', '-1']
-MID = ['--eval-every', '-1', '--eval-tokens', '256', '--mixture-scale', '0.02']
+from conftest import (MID, TINY, WORKERS, base_dir_with_tokenizer, losses, max_rel, meta, needs_cxx, one_line_error, run,
+                      stage, torchrun_cmd, weights)
 
 @pytest.fixture(scope='module')
-def base_dir(tmp_path_factory):
-    "A base directory with the embedded corpus and a small tokenizer."
-    d = tmp_path_factory.mktemp('stages') / 'nanolit'
-    res = run([sys.executable, '-m', 'nanolit.tokenizer', '--vocab-size', '512', '--max-chars', '2000000'],
-              {'NANOLIT_BASE_DIR': str(d)})
-    assert res.returncode == 0, res.stderr
-    return d
+def base_dir(tmp_path_factory): return base_dir_with_tokenizer(tmp_path_factory, 'stages')
 
 def max_elem(a, b):
     "The largest per-tensor max|a - b| / max|b| (reported, not asserted: see the comment in the first test)."

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from conftest import losses, max_rel, meta, run, run_dir, stage, weights
+from conftest import base_dir_with_tokenizer, losses, max_rel, meta, run_dir, stage, weights
 
 W_ARGS = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '1',
           '--total-batch-size', '768', '--eval-every', '-1', '--eval-tokens', '192', '--matrix-lr', '0.2',
@@ -27,13 +27,7 @@ SIGTERM_AFTER = 'NANOLIT_TEST_SIGTERM_AFTER_STEP'
 w4 = pytest.mark.skipif(os.environ.get('NANOLIT_TEST_W4') != '1', reason='W=4 is opt-in: set NANOLIT_TEST_W4=1')
 
 @pytest.fixture(scope='module')
-def bd(tmp_path_factory):
-    "A base directory with the embedded corpus and a small tokenizer."
-    d = tmp_path_factory.mktemp('worlds') / 'nanolit'
-    res = run([sys.executable, '-m', 'nanolit.tokenizer', '--vocab-size', '512', '--max-chars', '2000000'],
-              {'NANOLIT_BASE_DIR': str(d)})
-    assert res.returncode == 0, res.stderr
-    return d
+def bd(tmp_path_factory): return base_dir_with_tokenizer(tmp_path_factory, 'worlds')
 
 def stopped(module, args, bd, W, after):
     "Run `module` on W processes, stopped by SIGTERM after step `after`; the checkpoint must say so."
