@@ -16,7 +16,8 @@ from .common import barrier, compute_init, in_notebook, parse_args, print0
 from .corpus import prepare_embedded_corpus
 from .model import GPT, build_model, config_from_depth
 from .schedules import lr_warmup_constant_warmdown, muon_momentum, weight_decay_schedule
-from .stage import (add_common_args, eval_loader_factory, open_run, positive_int, pretrain_loader, restore_rng,
+from .stage import (add_common_args, eval_loader_factory, open_run, positive_int, pretrain_loader, require_shards,
+                           restore_rng,
                            run_stage, stage_main)
 from .tokenizer import get_tokenizer
 from .train import TrainConfig
@@ -51,7 +52,7 @@ def wd_scale(total_batch_size: int, d_ref: float, target_tokens: float) -> float
 
 # %% ../nbs/12_base_train.ipynb #0d80a029
 BASE_DEFAULTS = dict(max_seq_len=2048, device_batch_size=32, total_batch_size=-1, embedding_lr=0.2,
-                     unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, weight_decay=0.2)
+                     unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, weight_decay=0.2, adam_beta1=0.8, adam_beta2=0.95)
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='nanolit_base_train', description='Pretrain a GPT on parquet text shards.')
@@ -69,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--warmup-ratio', type=float, default=0.0)
     g.add_argument('--warmdown-ratio', type=float, default=0.4)
     g.add_argument('--final-lr-frac', type=float, default=0.0)
+    p.add_argument('--model-tag', default=None, help='run directory name (default d<depth>)')
     return add_common_args(p, 'base')
 
 def _main(argv=None) -> dict:
@@ -84,7 +86,7 @@ def _main(argv=None) -> dict:
     model_cfg = config_from_depth(args.depth, tok.get_vocab_size(), T, args.aspect_ratio, args.head_dim, args.kv_ratio,
                                   args.window_pattern)
     tag = args.model_tag or f'd{args.depth}'
-    resume, lock = open_run('base', tag, config, args.resume, info)
+    resume, lock = open_run('base', tag, config, args.resume, info, args.resume_from_step, args.dry_run)
     model = build_model(model_cfg, info.device)
     fpt, n_scaling = model.estimate_flops(), scaling_params(model)
     d_ref = reference_tokens(tok.get_vocab_size(), args.target_param_data_ratio if args.target_param_data_ratio > 0 else 10.5,
@@ -105,15 +107,17 @@ def _main(argv=None) -> dict:
     print0(f"model: {model_cfg}\n{n_scaling:,} scaling parameters, {fpt / 1e6:.1f} MFLOP/token; {num_iterations:,} steps "
            f"× {B:,} tokens = {num_iterations * B / 1e6:.1f} M tokens ({num_iterations * B / n_scaling:.1f} per parameter); "
            f"LRs ×{s:.3f}, weight decay {wd:.4g}")
-    opt = model.setup_optimizer(**lrs, weight_decay=wd)
+    opt = model.setup_optimizer(**lrs, weight_decay=wd, adam_betas=(config['adam_beta1'], config['adam_beta2']))
     loader_state = None
     if resume:
         weights, shards, _ = load_checkpoint(get_run_dir('base', tag), resume['step'], device=info.device)
-        model.load_state_dict(weights); opt.load_state_dict(shards); loader_state = resume['loader']
+        model.load_state_dict(weights); opt.load_state_dict(require_shards(shards, 'base', tag, resume['step']))
+        loader_state = resume['loader']
         restore_rng(resume)
     cfg = TrainConfig(stage='base', num_iterations=num_iterations, total_batch_size=B, device_batch_size=b, max_seq_len=T,
                       eval_every=config['eval_every'], eval_tokens=config['eval_tokens'], save_every=config['save_every'],
                       keep_last=config['keep_last'], dtype=args.dtype or None, compile=bool(args.compile),
+                      eval_at_end=False, dry_run=args.dry_run,
                       lr_schedule=lambda step, n, p: lr_warmup_constant_warmdown(step, n, args.warmup_ratio,
                                                                                  args.warmdown_ratio, args.final_lr_frac),
                       momentum_schedule=muon_momentum, weight_decay_schedule=weight_decay_schedule)

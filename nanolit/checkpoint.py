@@ -223,7 +223,7 @@ def read_meta(step_dir: Path | str) -> dict:
     except (ValueError, OSError) as e:
         raise CorruptCheckpoint(f"{f} cannot be read ({type(e).__name__}: {e})") from None
     for name, size in meta.get('files', {}).items():   # checkpoints written by other tools record none
-        if name == 'meta.json': continue
+        if name == 'meta.json' or name.startswith('optim_') and not (d / name).exists(): continue   # see load_checkpoint
         got = (d / name).stat().st_size if (d / name).exists() else None
         if got != size: raise CorruptCheckpoint(f"{d / name} is {'missing' if got is None else f'truncated ({got:,} of {size:,} bytes)'}")
     return meta
@@ -257,7 +257,10 @@ def load_checkpoint(checkpoint_dir: Path | str, step: int | None = None, device=
             meta = read_meta(d)
             model_data = _load_file(d / 'model.pt', device)
             shards = None
-            if load_optimizer:   # on the CPU: the optimizer keeps this rank's part and only then moves it
+            missing = [n for n in meta.get('files', {}) if n.startswith('optim_') and not (d / n).exists()]
+            if load_optimizer and missing:   # the weights are whole; the optimizer state is not: none rather than part
+                print0(f"warning: {d} lacks {', '.join(missing)}: its optimizer state is incomplete and is not loaded")
+            elif load_optimizer:   # on the CPU: the optimizer keeps this rank's part and only then moves it
                 files = sorted(d.glob('optim_rank*.pt'), key=lambda f: int(f.stem[len('optim_rank'):]))
                 shards = [_load_file(f, 'cpu') for f in files] or None
             return model_data, shards, meta

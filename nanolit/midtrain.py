@@ -14,8 +14,8 @@ from .checkpoint import get_run_dir, load_checkpoint, load_model
 from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
 from .schedules import PROGRESS_SCHEDULES, lr_rewarm_cosine, lr_mid, muon_momentum
-from .stage import (add_common_args, check_source_finished, eval_loader_factory, inherit, open_run, pretrain_loader,
-                           restore_rng,
+from .stage import (add_common_args, add_source_args, check_source_finished, eval_loader_factory, inherit, open_run,
+                           pretrain_loader, require_shards, restore_rng, source_flags,
                            run_stage, stage_main)
 from .tasks import build_mixture_stream, mixture_spec
 from .train import TrainConfig
@@ -25,14 +25,11 @@ __all__ = ['INHERITED', 'parser', 'mixture_loader', 'conversation_stage', 'main'
 
 # %% ../nbs/13_midtrain.ipynb #e4e16ecf
 INHERITED = ('max_seq_len', 'device_batch_size', 'total_batch_size', 'embedding_lr', 'unembedding_lr', 'matrix_lr',
-             'scalar_lr', 'weight_decay')
+             'scalar_lr', 'adam_beta1', 'adam_beta2')   # not the weight decay: base ends it at 0, mid and SFT keep 0
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='nanolit_midtrain', description='Midtrain a base checkpoint on a task mixture with replay.')
-    g = p.add_argument_group('start')
-    g.add_argument('--source-tag', default=None, help='base checkpoint tag to start from (default: the only/latest)')
-    g.add_argument('--source-step', type=int, default=None, help='base checkpoint step (default: the latest)')
-    g.add_argument('--load-optimizer', type=int, default=0, choices=[0, 1], help='1: warm-start momentum from the base run')
+    add_source_args(p, 'base', load_optimizer=0)
     g = p.add_argument_group('data')
     g.add_argument('--mixture', default='default', help="'default' (offline), 'nanochat' (hub), or a .yaml/.json file")
     g.add_argument('--mixture-scale', type=float, default=1.0, help='scales the sizes of generated tasks in built-in mixtures')
@@ -56,34 +53,41 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
                        momentum_schedule=None) -> dict:
     "Continue a `source` checkpoint on a conversation mixture (+ replay): the body of midtraining and SFT."
     info = compute_init(args.device_type, args.seed)
-    model, tok, src_meta = load_model(source, info.device, 'train', args.source_tag, args.source_step)
-    check_source_finished(src_meta, source, args.source_step is not None)
+    src_tag, src_step = source_flags(args)
+    model, tok, src_meta = load_model(source, info.device, 'train', src_tag, src_step)
+    check_source_finished(src_meta, source, src_step is not None, '--model-step')
     inherit(config, src_meta, INHERITED, source)
+    config['adam_beta1'], config['adam_beta2'] = config.get('adam_beta1') or 0.8, config.get('adam_beta2') or 0.95
+    if config['weight_decay'] is None: config['weight_decay'] = 0.0
     T, b, B = config['max_seq_len'], config['device_batch_size'], config['total_batch_size']
     if T > model.config.sequence_len:
         raise ValueError(f"--max-seq-len {T} is longer than the {source} model's context ({model.config.sequence_len}); "
                          f"use that length or less")
     if not 0 <= args.replay_ratio < 1: raise ValueError(f"--replay-ratio must be in [0, 1), got {args.replay_ratio}")
-    tag = args.model_tag or src_meta['model_tag']
-    resume, lock = open_run(stage, tag, config, args.resume, info)
+    tag = args.output_tag or src_meta['model_tag']
+    resume, lock = open_run(stage, tag, config, args.resume, info, args.resume_from_step, args.dry_run)
     replay_dir = getattr(args, 'data_dir', '') or src_meta.get('data_dir')
     spec, val_spec = mixture_spec(args.mixture, 'train', **mixture_kwargs), mixture_spec(args.mixture, 'val', **mixture_kwargs)
     lrs = {k: config[k] * args.init_lr_frac for k in ('embedding_lr', 'unembedding_lr', 'matrix_lr', 'scalar_lr')}
-    opt = model.setup_optimizer(**lrs, weight_decay=config['weight_decay'])
+    opt = model.setup_optimizer(**lrs, weight_decay=config['weight_decay'], adam_betas=(config['adam_beta1'], config['adam_beta2']))
     loader_state = None
     if resume:
         weights, shards, _ = load_checkpoint(get_run_dir(stage, tag), resume['step'], device=info.device)
-        model.load_state_dict(weights); opt.load_state_dict(shards); loader_state = resume['loader']
+        model.load_state_dict(weights); opt.load_state_dict(require_shards(shards, stage, tag, resume['step']))
+        loader_state = resume['loader']
         restore_rng(resume)
     elif args.load_optimizer:
         _, shards, _ = load_checkpoint(get_run_dir(source, src_meta['model_tag']), src_meta['step'], info.device)
-        if shards is None: raise FileNotFoundError(f"--load-optimizer 1 but the {source} checkpoint has no optimizer state")
-        opt.load_state_dict(shards, keep_hparams=True)
-        print0(f"warm-started the optimizer's momentum from the {source} checkpoint (keeping this stage's learning rates)")
+        if shards is None:   # as nanochat's scripts do: a fresh optimizer is a little worse, not wrong
+            print0(f"warning: --load-optimizer 1 but the {source} checkpoint has no optimizer state: starting with a "
+                   "fresh optimizer (slightly worse early steps)")
+        else:
+            opt.load_state_dict(shards, keep_hparams=True)
+            print0(f"warm-started the optimizer's momentum from the {source} checkpoint (keeping this stage's learning rates)")
     cfg = TrainConfig(stage=stage, num_iterations=config['num_iterations'], total_batch_size=B, device_batch_size=b,
                       max_seq_len=T, eval_every=config['eval_every'], eval_tokens=config['eval_tokens'],
                       save_every=config['save_every'], keep_last=config['keep_last'], dtype=args.dtype or None,
-                      compile=bool(args.compile), lr_schedule=schedule, momentum_schedule=momentum_schedule)
+                      compile=bool(args.compile), dry_run=args.dry_run, lr_schedule=schedule, momentum_schedule=momentum_schedule)
     loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state)
     val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0), cfg, info)}
     if replay_dir:   # forgetting: the pretraining validation text, scored as in pretraining

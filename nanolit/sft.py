@@ -9,8 +9,8 @@ import argparse
 
 from .common import in_notebook, parse_args
 from .midtrain import conversation_stage
-from .schedules import lr_warmup_warmdown_progress
-from .stage import add_common_args, stage_main
+from .schedules import lr_warmup_warmdown_progress, muon_momentum
+from .stage import add_common_args, add_source_args, stage_main
 
 # %% auto #0
 __all__ = ['parser', 'main']
@@ -18,22 +18,21 @@ __all__ = ['parser', 'main']
 # %% ../nbs/14_sft.ipynb #a2d6dff4
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='nanolit_sft', description='Fine-tune a midtrained model on conversations.')
-    g = p.add_argument_group('start')
-    g.add_argument('--source', default='mid', choices=['mid', 'base'], help='stage to start from')
-    g.add_argument('--source-tag', default=None); g.add_argument('--source-step', type=int, default=None)
-    g.add_argument('--load-optimizer', type=int, default=1, choices=[0, 1], help='1: warm-start momentum from the source')
+    p.add_argument('--source', default='mid', choices=['mid', 'base'], help='stage to start from (nanochat, which has no '
+                   'midtraining any more, starts SFT from base)')
+    add_source_args(p, 'source', load_optimizer=1)
     g = p.add_argument_group('data')
     g.add_argument('--mixture', default='default', help="'default' (offline), 'nanochat' (hub), or a .yaml/.json file")
     g.add_argument('--mixture-scale', type=float, default=1.0)
-    g.add_argument('--mmlu-epochs', type=int, default=1, help='epochs of MMLU in the nanochat mixture')
-    g.add_argument('--gsm8k-epochs', type=int, default=1, help='epochs of GSM8K in the nanochat mixture')
+    g.add_argument('--mmlu-epochs', type=int, default=3, help='epochs of MMLU in the nanochat mixture')
+    g.add_argument('--gsm8k-epochs', type=int, default=4, help='epochs of GSM8K in the nanochat mixture')
     g.add_argument('--mask', default='assistant', choices=['assistant', 'all'], help='which tokens the loss trains on')
     g.add_argument('--replay-ratio', type=float, default=0.0, help='share of tokens that are pretraining text, in [0, 1)')
     g = p.add_argument_group('schedule')
     g.add_argument('--warmup-ratio', type=float, default=0.0)
     g.add_argument('--warmdown-ratio', type=float, default=0.5)
     g.add_argument('--final-lr-frac', type=float, default=0.0)
-    g.add_argument('--init-lr-frac', type=float, default=1.0, help='learning rates as a fraction of the inherited ones')
+    g.add_argument('--init-lr-frac', type=float, default=0.8, help='learning rates as a fraction of the inherited ones')
     return add_common_args(p, 'sft')
 
 def _main(argv=None) -> dict:
@@ -42,7 +41,7 @@ def _main(argv=None) -> dict:
     if args.mixture == 'nanochat': kw.update(mmlu_epochs=args.mmlu_epochs, gsm8k_epochs=args.gsm8k_epochs)
     schedule = lambda s, n, p: lr_warmup_warmdown_progress(s / n if n > 0 else p, args.warmup_ratio, args.warmdown_ratio,
                                                            args.final_lr_frac)
-    return conversation_stage('sft', args, config, args.source, args.mask, schedule, kw)
+    return conversation_stage('sft', args, config, args.source, args.mask, schedule, kw, muon_momentum)
 
 def main(argv=None):
     "Console script `nanolit_sft`."

@@ -65,10 +65,11 @@ def plan(p: dict, tag: str) -> list[tuple[str, str, list[str], int]]:
     return [
         ('tokenizer', 'nanolit.tokenizer', ['--vocab-size', str(p['vocab_size']), '--max-chars', str(p['tok_max_chars'])], 1),
         ('base', 'nanolit.base_train', base + ['--num-iterations', str(p['base_steps']), '--model-tag', tag,
-                                               '--target-param-data-ratio', '10.5' if p['base_steps'] < 0 else '-1'] + common, p['nproc']),
-        ('mid', 'nanolit.midtrain', ['--num-iterations', str(p['mid_steps']), '--source-tag', tag, '--model-tag', tag,
+                                               '--target-param-data-ratio', '10.5' if p['base_steps'] < 0 else '-1'] + common
+                                              + ['--eval-every', str(p['base_steps'] if p['base_steps'] > 0 else 250)], p['nproc']),
+        ('mid', 'nanolit.midtrain', ['--num-iterations', str(p['mid_steps']), '--model-tag', tag,
                                      '--replay-ratio', str(p['replay_ratio'])] + mix + common, p['nproc']),
-        ('sft', 'nanolit.sft', ['--num-iterations', str(p['sft_steps']), '--source-tag', tag, '--model-tag', tag] + mix + common, p['nproc']),
+        ('sft', 'nanolit.sft', ['--num-iterations', str(p['sft_steps']), '--model-tag', tag] + mix + common, p['nproc']),
         ('eval base', 'nanolit.eval', ['--source', 'base', '--model-tag', tag] + ev, 1),
         ('eval mid', 'nanolit.eval', ['--source', 'mid', '--model-tag', tag] + ev, 1),
         ('eval sft', 'nanolit.eval', ['--source', 'sft', '--model-tag', tag] + ev, 1),

@@ -9,19 +9,20 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from .checkpoint import RunLock, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
+from .checkpoint import RunLock, _any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
 from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
 from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream
 from .train import TrainConfig, train
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'resolve_resume', 'open_run', 'inherit',
-           'check_source_finished', 'pretrain_loader', 'eval_loader_factory', 'write_stage_report', 'run_stage',
-           'stage_main', 'restore_rng']
+__all__ = ['RESUME_KEYS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args', 'source_flags',
+           'resolve_resume', 'supersede_after', 'open_run', 'inherit', 'check_source_finished', 'pretrain_loader',
+           'eval_loader_factory', 'write_stage_report', 'run_stage', 'stage_main', 'require_shards', 'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
 def num_iterations_arg(s: str) -> int:
@@ -52,17 +53,48 @@ def add_common_args(p: argparse.ArgumentParser, stage: str):
     g = p.add_argument_group('optimizer')
     for name, help in (('embedding-lr', 'AdamW LR of the embeddings'), ('unembedding-lr', 'AdamW LR of the lm_head'),
                        ('matrix-lr', 'Muon LR of the matrices'), ('scalar-lr', 'AdamW LR of the residual scalars'),
-                       ('weight-decay', 'cautious weight decay of the Muon matrices')):
+                       ('weight-decay', 'cautious weight decay of the Muon matrices'),
+                       ('adam-beta1', 'AdamW beta1 of embeddings, head and scalars'), ('adam-beta2', 'AdamW beta2')):
         g.add_argument(f'--{name}', type=float, default=None, help=help)
     g = p.add_argument_group('evaluation and checkpoints')
-    g.add_argument('--eval-every', type=int, default=250, help='evaluate val bpb every N steps (-1: start and end only)')
+    g.add_argument('--eval-every', type=int, default=250, help='evaluate val bpb every N steps, and at the end (-1: '
+                   + ('never)' if stage == 'base' else 'only at the end)'))
     g.add_argument('--eval-tokens', type=int, default=2**20, help='tokens per evaluation')
     g.add_argument('--save-every', type=int, default=-1, help='checkpoint every N steps (-1: at the end only)')
     g.add_argument('--keep-last', type=int, default=2, help='checkpoints to keep')
-    g.add_argument('--model-tag', default=None, help='run directory name (default d<depth>)')
     g.add_argument('--resume', default='auto', choices=['auto', 'never'],
                    help='auto: continue an interrupted run in the run directory; never: refuse if it holds checkpoints')
+    g.add_argument('--resume-from-step', type=int, default=-1, help='resume the run from its checkpoint of this step; '
+                   'its later checkpoints are moved aside into a dated folder, never deleted (-1: the newest)')
+    g.add_argument('--dry-run', action='store_true', help='train and log, but write no checkpoint, metrics or report '
+                   '(and take no lock)')
     return p
+
+def add_source_args(p: argparse.ArgumentParser, source: str, load_optimizer: int) -> argparse.ArgumentParser:
+    "Flags of a stage that continues a checkpoint: `--model-tag`/`--model-step` name it, as in nanochat's scripts."
+    g = p.add_argument_group('start')
+    g.add_argument('--model-tag', default=None, help=f'{source} checkpoint to start from (default: the only, or the '
+                   'newest, tag); this stage writes under the same tag unless --output-tag is given')
+    g.add_argument('--model-step', type=int, default=None, help=f'{source} checkpoint step (default: its newest)')
+    g.add_argument('--output-tag', default=None, help="this stage's run directory name (default: the source's tag)")
+    g.add_argument('--source-tag', default=None, help=argparse.SUPPRESS)   # nanolit's older spellings, kept as aliases
+    g.add_argument('--source-step', type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument('--load-optimizer', type=int, default=load_optimizer, choices=[0, 1],
+                   help=f'1: warm-start the optimizer (momentum) from the {source} checkpoint')
+    return p
+
+def source_flags(args) -> tuple[str | None, int | None]:
+    "(tag, step) of the checkpoint to continue, from `--model-tag`/`--model-step` or their old aliases."
+    tag, step = args.model_tag, args.model_step
+    for old, new, value in (('--source-tag', '--model-tag', args.source_tag), ('--source-step', '--model-step', args.source_step)):
+        if value is None: continue
+        if (tag if new == '--model-tag' else step) is not None:
+            raise ValueError(f"{old} and {new} both name the checkpoint to start from: give {new} only (and "
+                             "--output-tag for this stage's own run directory)")
+        print0(f"note: {old} is the old spelling of {new} (the checkpoint to start from); use {new}")
+        if new == '--model-tag': tag = value
+        else: step = value
+    return tag, step
 
 # %% ../nbs/11_stage.ipynb #565cdeec
 RESUME_KEYS = ('max_seq_len', 'device_batch_size', 'total_batch_size')
@@ -92,10 +124,35 @@ def resolve_resume(stage: str, tag: str, config: dict, policy: str = 'auto') -> 
     print0(f"resuming the interrupted {stage} run in {run_dir} from step {step}")
     return meta
 
-def open_run(stage: str, tag: str, config: dict, policy: str, info: DistInfo) -> tuple[dict | None, RunLock | None]:
-    "Lock the run directory (every rank calls it), then `resolve_resume`: (resume meta or None, the lock on rank 0)."
+def supersede_after(run_dir: Path, step: int) -> Path | None:
+    "Move the checkpoints after `step` into a dated folder of `run_dir` (never deleted); returns that folder."
+    later = [s for s in list_steps(run_dir) if s > step]
+    if step not in list_steps(run_dir):
+        raise FileNotFoundError(f"--resume-from-step {step}: no checkpoint of that step in {run_dir}; saved steps: "
+                                f"{list_steps(run_dir)}")
+    if not later: return None
+    aside = run_dir / f"superseded_{time.strftime('%Y%m%d_%H%M%S')}"
+    aside.mkdir()
+    for s in later: os.replace(run_dir / f'step_{s:06d}', aside / f'step_{s:06d}')
+    print0(f"moved the checkpoints after step {step} (steps {later}) aside into {aside}")
+    return aside
+
+def open_run(stage: str, tag: str, config: dict, policy: str, info: DistInfo, from_step: int = -1,
+             dry_run: bool = False) -> tuple[dict | None, RunLock | None]:
+    """Lock the run directory (every rank calls it), move checkpoints after `from_step` aside, then `resolve_resume`:
+    (resume meta or None, the lock on rank 0). A dry run takes no lock and starts fresh: it will write nothing."""
+    if dry_run:
+        print0("dry run: training and logging only; no checkpoint, metrics or report will be written")
+        return None, None
     lock = open_run_dir(get_run_dir(stage, tag), info.rank)
-    try: return resolve_resume(stage, tag, config, policy), lock
+    try:
+        if from_step >= 0:
+            err = None
+            if info.rank == 0:
+                try: supersede_after(get_run_dir(stage, tag), from_step)
+                except OSError as e: err = e
+            if _any_rank(err is not None): raise err or FileNotFoundError(f"--resume-from-step {from_step}: see rank 0's error")
+        return resolve_resume(stage, tag, config, policy), lock
     except BaseException:
         if lock is not None: lock.release()
         raise
@@ -154,7 +211,7 @@ def run_stage(stage: str, model, optimizer, loader, val_loaders: dict, info: Dis
     wandb_run = init_wandb(run_name, f'nanolit-{stage}', meta.get('user_config'), info.is_primary)
     try:
         summary = train(model, optimizer, loader, val_loaders, info, cfg, run_dir, meta, token_bytes, resume, wandb_run)
-        if info.is_primary:
+        if info.is_primary and not cfg.dry_run:
             write_stage_report(run_dir, stage, summary, meta)
             (run_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
     finally:
@@ -172,6 +229,14 @@ def stage_main(fn, prog: str, argv=None) -> None:
     if isinstance(summary, dict) and summary.get('status') == 'interrupted':
         for stream in (sys.stdout, sys.stderr): stream.flush()
         os._exit(128 + summary['signal'])   # os._exit: the gloo teardown is skipped, as after a finished run
+
+def require_shards(shards: list | None, stage: str, tag: str, step: int) -> list:
+    "The optimizer shards a resume needs, or a clear error: without them the run cannot continue exactly."
+    if shards is None:
+        raise FileNotFoundError(f"cannot resume the {stage} run {tag} from step {step} exactly: its optimizer state is "
+                                "missing (see the warning above). Pass --resume-from-step with an earlier step, or start a "
+                                "new run under another --model-tag")
+    return shards
 
 def restore_rng(meta: dict | None):
     "Restore the torch RNG of a resumed run (nothing is random in training today; kept exact for what may be)."

@@ -21,7 +21,7 @@ from .common import DistInfo, all_reduce, autocast_context, compute_mfu, device_
 from .data import count_targets
 
 # %% auto #0
-__all__ = ['evaluate_bpb', 'TrainConfig', 'StopRequest', 'LoopState', 'train']
+__all__ = ['evaluate_bpb', 'TrainConfig', 'StopRequest', 'LoopState', 'train', 'peak_memory_mib']
 
 # %% ../nbs/10_train.ipynb #79128e02
 @torch.no_grad()
@@ -52,13 +52,15 @@ class TrainConfig:
     total_batch_size: int = 2**19            # tokens per optimizer step, all ranks and micro-batches
     device_batch_size: int = 32              # rows per micro-batch per rank
     max_seq_len: int = 2048
-    eval_every: int = 250                    # steps; -1: only before the first step and at the end
+    eval_every: int = 250                    # steps (and at the end); -1: none, or only at the end with eval_at_end
+    eval_at_end: bool = True                 # with eval_every -1: still evaluate after the last step (mid, SFT)
     eval_tokens: int = 2**20
     save_every: int = -1                     # steps; -1: only at the end (and when stopped)
     keep_last: int = 2
     log_every: int = 1
     dtype: str | None = None                 # None: bf16 on CUDA, fp32 elsewhere
     compile: bool = False
+    dry_run: bool = False                    # train and log, write nothing (no checkpoint, no metrics.jsonl)
     lr_schedule: Callable = lambda step, num_iterations, progress: 1.0
     momentum_schedule: Callable | None = None   # step -> Muon momentum
     weight_decay_schedule: Callable | None = None   # fraction of the run -> multiplier of the initial weight decay
@@ -126,15 +128,17 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
     start_step = st.step
     for g in optimizer.param_groups: g.setdefault('initial_weight_decay', g.get('weight_decay', 0.0))
     metrics = run_dir / 'metrics.jsonl'
-    if info.is_primary:
+    if info.is_primary and not cfg.dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         old = metrics.read_text().splitlines() if metrics.exists() and resume else []
         metrics.write_text(''.join(l + '\n' for l in old if json.loads(l).get('step', 0) < start_step + (1 if resume else 0)))
     def log(record: dict):
         if not info.is_primary: return
-        with metrics.open('a') as f: f.write(json.dumps(record) + '\n')
+        if not cfg.dry_run:
+            with metrics.open('a') as f: f.write(json.dumps(record) + '\n')
         if wandb_run is not None: wandb_run.log(record)
     def save(finished: bool):
+        if cfg.dry_run: return
         save_checkpoint(run_dir, st.step, model.state_dict(), optimizer.state_dict(),
                         {**meta, 'finished': finished, 'signal': signum, 'world_size': info.world_size, 'loader': loader.state_dict(),
                          'loop_state': asdict(st), 'rng_state': torch.get_rng_state().tolist()},
@@ -169,8 +173,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 print0(f"stopped at step {st.step} by signal {signum}; checkpoint saved in {run_dir}; run the same "
                        "command to resume")
                 break
-            if last or fresh_start or (cfg.eval_every > 0 and st.step % cfg.eval_every == 0 and st.step != start_step):
-                evaluate()
+            periodic = cfg.eval_every > 0 and st.step % cfg.eval_every == 0 and (fresh_start or st.step != start_step)
+            if periodic or last and (cfg.eval_every > 0 or cfg.eval_at_end): evaluate()
             if last: break
             # ---- one optimizer step ----
             t0 = time.time()
@@ -214,11 +218,21 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
             elif st.step % cfg.log_every == 0:
                 left = (cfg.num_iterations - st.step) if cfg.num_iterations > 0 else None
                 eta = f"{left * dt / 60:.1f} min" if left is not None else f"{(1 - loader.progress) / max(1e-9, loader.progress) * st.train_time / 60:.1f} min"
-                print0(f"step {st.step:05d}{f'/{cfg.num_iterations:05d}' if cfg.num_iterations > 0 else ''} | loss {debiased:.4f} "
-                       f"| lrm {lrm:.3f} | {dt * 1000:.0f} ms | {tok_s:,.0f} tok/s" + (f" | mfu {mfu:.1%}" if mfu else '')
-                       + f" | epoch {loader.epoch}" + (f" | progress {loader.progress:.3f}" if loader.progress else '')
-                       + f" | eta {eta}")
+                done_frac = st.step / cfg.num_iterations if cfg.num_iterations > 0 else loader.progress
+                print0(f"step {st.step:05d}{f'/{cfg.num_iterations:05d}' if cfg.num_iterations > 0 else ''} "
+                       f"({100 * done_frac:.2f}%) | loss {debiased:.4f} | lrm {lrm:.3f} | {dt * 1000:.0f} ms | {tok_s:,.0f} tok/s"
+                       + (f" | mfu {mfu:.1%}" if mfu else '') + f" | epoch {loader.epoch}"
+                       + f" | total time {st.train_time / 60:.2f} m | eta {eta}")
     finally:
         stop.close()
         if bar is not None: bar.close()
-    return {'status': status, 'signal': signum, **asdict(st)}
+    peak_mib = peak_memory_mib(device)
+    print0(f"peak memory {peak_mib:,.0f} MiB | total training time {st.train_time / 60:.2f} m | minimum val bpb "
+           + (f"{st.min_val_bpb:.4f}" if math.isfinite(st.min_val_bpb) else '(not evaluated)'))
+    return {'status': status, 'signal': signum, 'peak_memory_mib': peak_mib, **asdict(st)}
+
+def peak_memory_mib(device: torch.device) -> float:
+    "Peak memory of this process: the GPU's allocations on CUDA, else the process's peak resident size."
+    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux

@@ -119,9 +119,9 @@ def test_a_stopped_stage_stops_the_speedrun_and_is_not_midtrained_by_accident(bd
     assert res.returncode == 143, res.stdout[-2000:] + res.stderr[-2000:]
     assert "step 'base' was stopped by signal 15; run the same command to resume" in res.stderr, res.stderr[-2000:]
     assert not meta(bd, 'base_checkpoints', 'sr')['finished'] and not run_dir(bd, 'mid_checkpoints', 'sr').exists()
-    one_line_error(stage('nanolit.midtrain', MID + ['--source-tag', 'sr', '--model-tag', 'srm'], bd, check=False),
-                   'is from a run that did not finish', '--source-step 3')
-    stage('nanolit.midtrain', MID + ['--source-tag', 'sr', '--source-step', '3', '--num-iterations', '1', '--model-tag', 'srm'], bd)
+    one_line_error(stage('nanolit.midtrain', MID + ['--model-tag', 'sr', '--output-tag', 'srm'], bd, check=False),
+                   'is from a run that did not finish', '--model-step 3')
+    stage('nanolit.midtrain', MID + ['--model-tag', 'sr', '--model-step', '3', '--num-iterations', '1', '--output-tag', 'srm'], bd)
 
 def mount(*args) -> bool:
     "Try a mount (root on Linux); False where this machine does not allow it."

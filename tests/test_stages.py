@@ -89,16 +89,16 @@ def with_base(base_dir):
 
 def test_mid_and_sft_exact_resume_and_two_processes(with_base):
     bd = with_base
-    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm1'], bd)
-    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm2'], bd,
+    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--model-tag', 'd2', '--output-tag', 'm1'], bd)
+    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--model-tag', 'd2', '--output-tag', 'm2'], bd,
           env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'}, expect=143)
-    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm2'], bd)
+    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--model-tag', 'd2', '--output-tag', 'm2'], bd)
     assert losses(bd, 'mid_checkpoints', 'm2') == losses(bd, 'mid_checkpoints', 'm1')
     a, b = weights(bd, 'mid_checkpoints', 'm2'), weights(bd, 'mid_checkpoints', 'm1')
     assert all(torch.equal(a[k], b[k]) for k in a)
     m = meta(bd, 'mid_checkpoints', 'm1')
     assert m['parent'] == {'stage': 'base', 'tag': 'd2', 'step': 6} and m['finished']
-    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--source-tag', 'd2', '--model-tag', 'm3'], bd, nproc=2)
+    stage('nanolit.midtrain', MID + ['--num-iterations', '6', '--model-tag', 'd2', '--output-tag', 'm3'], bd, nproc=2)
     l3, l1 = losses(bd, 'mid_checkpoints', 'm3'), losses(bd, 'mid_checkpoints', 'm1')
     rel = max(abs(x - y) / abs(y) for x, y in zip(l3, l1))
     prm = max_rel(weights(bd, 'mid_checkpoints', 'm3'), weights(bd, 'mid_checkpoints', 'm1'))
@@ -108,12 +108,12 @@ def test_mid_and_sft_exact_resume_and_two_processes(with_base):
     # they were before the ownership change), the other tensors stay under 4e-6.
     assert len(l3) == 6 and rel <= 1e-5 and prm <= 1e-4
     # SFT from the midtrained model: straight vs interrupted + resumed
-    stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's1'], bd)
-    stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's2'], bd,
+    stage('nanolit.sft', MID + ['--num-iterations', '5', '--model-tag', 'm1', '--output-tag', 's1'], bd)
+    stage('nanolit.sft', MID + ['--num-iterations', '5', '--model-tag', 'm1', '--output-tag', 's2'], bd,
           env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '2'}, expect=143)
-    stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's2'], bd)
+    stage('nanolit.sft', MID + ['--num-iterations', '5', '--model-tag', 'm1', '--output-tag', 's2'], bd)
     assert losses(bd, 'chatsft_checkpoints', 's2') == losses(bd, 'chatsft_checkpoints', 's1')
-    stage('nanolit.sft', MID + ['--num-iterations', '5', '--source-tag', 'm1', '--model-tag', 's3'], bd, nproc=2)
+    stage('nanolit.sft', MID + ['--num-iterations', '5', '--model-tag', 'm1', '--output-tag', 's3'], bd, nproc=2)
     l3, l1 = losses(bd, 'chatsft_checkpoints', 's3'), losses(bd, 'chatsft_checkpoints', 's1')
     rel = max(abs(x - y) / abs(y) for x, y in zip(l3, l1))
     print(f"sft world 2 vs world 1: per-step loss max rel diff {rel:.2e}")
@@ -140,7 +140,7 @@ def test_eval_two_processes_equals_one(with_base, tmp_path):
 def test_sigterm_to_torchrun_leaves_a_whole_checkpoint(with_base):
     bd = with_base
     env = {**os.environ, 'NANOLIT_BASE_DIR': str(bd), 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
-    cmd = torchrun_cmd(2, ['-m', 'nanolit.midtrain'], *MID, '--num-iterations', '400', '--source-tag', 'd2', '--model-tag', 'sig')
+    cmd = torchrun_cmd(2, ['-m', 'nanolit.midtrain'], *MID, '--num-iterations', '400', '--model-tag', 'd2', '--output-tag', 'sig')
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = Path(bd) / 'mid_checkpoints' / 'sig' / 'metrics.jsonl'
     deadline = time.time() + 120
@@ -149,7 +149,7 @@ def test_sigterm_to_torchrun_leaves_a_whole_checkpoint(with_base):
     out, _ = proc.communicate(timeout=120)
     m = meta(bd, 'mid_checkpoints', 'sig')       # whatever torchrun's own exit code, the checkpoint is whole
     assert not m['finished'] and m['step'] >= 2, out[-2000:]
-    res = stage('nanolit.midtrain', MID + ['--num-iterations', str(m['step'] + 2), '--source-tag', 'd2', '--model-tag', 'sig'], bd,
+    res = stage('nanolit.midtrain', MID + ['--num-iterations', str(m['step'] + 2), '--model-tag', 'd2', '--output-tag', 'sig'], bd,
                 check=False)
     # resuming with another horizon is allowed (it is not one of the stream's flags), and it finishes
     assert res.returncode == 0, res.stderr[-2000:]
@@ -167,9 +167,9 @@ def test_bad_inputs_fail_with_one_line_and_overwrite_nothing(with_base, tmp_path
     one_line_error(stage('nanolit.base_train', TINY + ['--num-iterations', '2', '--total-batch-size', '500', '--model-tag', 'x'], bd,
                          check=False), 'must be a positive multiple')
     empty = tmp_path / 'empty.yaml'; empty.write_text('train: []\n')
-    one_line_error(stage('nanolit.midtrain', MID + ['--source-tag', 'd2', '--mixture', str(empty), '--model-tag', 'e'], bd,
+    one_line_error(stage('nanolit.midtrain', MID + ['--model-tag', 'd2', '--mixture', str(empty), '--output-tag', 'e'], bd,
                          check=False), 'mixture is empty')
-    one_line_error(stage('nanolit.midtrain', MID + ['--source-tag', 'd2', '--replay-ratio', '1.0', '--model-tag', 'e'], bd,
+    one_line_error(stage('nanolit.midtrain', MID + ['--model-tag', 'd2', '--replay-ratio', '1.0', '--output-tag', 'e'], bd,
                          check=False), '[0, 1)')
     # a base checkpoint made with another tokenizer than the one now in the base directory
     other = tmp_path / 'other'

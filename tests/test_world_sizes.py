@@ -35,10 +35,11 @@ def stopped(module, args, bd, W, after):
 
 def twice_interrupted(module, args, bd, W, stage_dir, tag, steps):
     "Stop after step 3, resume and stop after step 6, resume to the end; returns the run's losses."
-    stopped(module, args + ['--model-tag', tag], bd, W, 3)
+    out = ['--model-tag' if module == 'nanolit.base_train' else '--output-tag', tag]
+    stopped(module, args + out, bd, W, 3)
     assert meta(bd, stage_dir, tag)['signal'] == 15 and not meta(bd, stage_dir, tag)['finished']
-    stopped(module, args + ['--model-tag', tag], bd, W, 6)
-    stage(module, args + ['--model-tag', tag], bd, nproc=W)
+    stopped(module, args + out, bd, W, 6)
+    stage(module, args + out, bd, nproc=W)
     got = losses(bd, stage_dir, tag)
     assert len(got) == steps and meta(bd, stage_dir, tag)['finished']
     return got
@@ -69,11 +70,11 @@ def base_case(bd, W, reshard_to=()):
 def mid_sft_case(bd, W):
     "Midtraining (momentum warm-started from the base run) and SFT, each interrupted twice on W processes."
     src = f'b{W}'
-    for module, stage_dir, source in (('nanolit.midtrain', 'mid_checkpoints', ['--source-tag', src, '--load-optimizer', '1']),
-                                      ('nanolit.sft', 'chatsft_checkpoints', ['--source-tag', f'm{W}', '--load-optimizer', '1'])):
+    for module, stage_dir, source in (('nanolit.midtrain', 'mid_checkpoints', ['--model-tag', src, '--load-optimizer', '1']),
+                                      ('nanolit.sft', 'chatsft_checkpoints', ['--model-tag', f'm{W}', '--load-optimizer', '1'])):
         tag = 'm' if module == 'nanolit.midtrain' else 's'
         args = MID + ['--num-iterations', '8'] + source
-        stage(module, args + ['--model-tag', f'{tag}{W}'], bd, nproc=W)
+        stage(module, args + ['--output-tag', f'{tag}{W}'], bd, nproc=W)
         twice_interrupted(module, args, bd, W, stage_dir, f'{tag}{W}x2', 8)
         assert_bitwise(bd, stage_dir, f'{tag}{W}x2', f'{tag}{W}')
 
