@@ -27,7 +27,7 @@ __all__ = ['B_REF', 'BASE_DEFAULTS', 'scaling_params', 'reference_tokens', 'auto
            'main']
 
 # %% ../nbs/12_base_train.ipynb #c649f891
-B_REF = 2 ** 19   # tokens: the reference batch size, measured optimal at the d12 horizon (seed 001)
+B_REF = 2 ** 19   # tokens: the reference batch size, measured optimal at the d12 horizon (nanochat's `base_train.py`)
 
 def scaling_params(model: GPT) -> int:
     "Parameters that count for the data:parameter ratio: transformer matrices + lm_head."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -24,9 +25,9 @@ try: import fcntl
 except ImportError: fcntl = None   # no POSIX locks (Windows): the heartbeat lock below is used
 
 # %% auto #0
-__all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'RunLock', 'clear_debris', 'open_run_dir', 'all_finite', 'last_checkpoint',
-           'save_checkpoint', 'CorruptCheckpoint', 'read_meta', 'newest_intact', 'load_checkpoint', 'find_model_tag',
-           'load_model']
+__all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'step_files', 'RunLock', 'clear_debris', 'open_run_dir', 'all_finite',
+           'last_checkpoint', 'save_checkpoint', 'CorruptCheckpoint', 'read_meta', 'read_step_meta', 'newest_intact',
+           'load_checkpoint', 'find_model_tag', 'load_model']
 
 # %% ../nbs/09_checkpoint.ipynb #f3b9e342
 STAGE_DIRS = {'base': 'base_checkpoints', 'mid': 'mid_checkpoints', 'sft': 'chatsft_checkpoints'}
@@ -37,10 +38,23 @@ def get_run_dir(stage: str, model_tag: str) -> Path:
     return get_base_dir() / STAGE_DIRS[stage] / model_tag
 
 def list_steps(run_dir: Path | str) -> list[int]:
-    "Steps of the complete checkpoints in `run_dir` (those with a meta.json), ascending."
+    """Steps of the complete checkpoints in `run_dir`, ascending: nanolit's `step_NNNNNN/` directories that have their
+    meta.json, and nanochat's flat `model_NNNNNN.pt` files that have their `meta_NNNNNN.json`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): return []
-    return sorted(int(p.name[5:]) for p in run_dir.glob('step_*') if p.name[5:].isdigit() and (p / 'meta.json').exists())
+    ours = {int(p.name[5:]) for p in run_dir.glob('step_*') if p.name[5:].isdigit() and (p / 'meta.json').exists()}
+    theirs = {int(m[1]) for f in run_dir.glob('model_*.pt') if (m := re.fullmatch(r'model_(\d+)\.pt', f.name))
+              and (run_dir / f'meta_{m[1]}.json').exists()}
+    return sorted(ours | theirs)
+
+def step_files(run_dir: Path | str, step: int) -> tuple[Path, Path, list[Path], str]:
+    "(meta, weights, optimizer shards by rank, 'nanolit' or 'nanochat') of a saved step, in either layout."
+    run_dir, d = Path(run_dir), Path(run_dir) / f'step_{step:06d}'
+    if (d / 'meta.json').exists():
+        return d / 'meta.json', d / 'model.pt', sorted(d.glob('optim_rank*.pt'), key=lambda f: int(f.stem[10:])), 'nanolit'
+    shards = sorted(run_dir.glob(f'optim_{step:06d}_rank*.pt'), key=lambda f: int(f.stem.rsplit('rank', 1)[1]))
+    return run_dir / f'meta_{step:06d}.json', run_dir / f'model_{step:06d}.pt', shards, 'nanochat'
+
 
 # %% ../nbs/09_checkpoint.ipynb #82afca7e
 def _holder(path: Path) -> str:
@@ -233,11 +247,19 @@ def _load_file(f: Path, device):
     try: return torch.load(f, map_location=device, weights_only=True, mmap=True)
     except Exception as e: raise CorruptCheckpoint(f"{f} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
 
+def read_step_meta(run_dir: Path | str, step: int) -> dict:
+    "The meta of a saved step in either layout (nanochat's gets `format: 'nanochat'`; its runs record no 'finished')."
+    meta_file, _, _, fmt = step_files(run_dir, step)
+    if fmt == 'nanolit': return read_meta(meta_file.parent)
+    try: meta = json.loads(meta_file.read_text())
+    except (ValueError, OSError) as e: raise CorruptCheckpoint(f"{meta_file} cannot be read ({type(e).__name__}: {e})") from None
+    return {**meta, 'step': meta.get('step', step), 'format': 'nanochat'}
+
 def newest_intact(run_dir: Path | str) -> tuple[int, dict] | None:
     "(step, meta) of the newest checkpoint whose meta and file sizes check out, warning about newer broken ones."
     run_dir = Path(run_dir)
     for s in reversed(list_steps(run_dir)):
-        try: return s, read_meta(run_dir / f'step_{s:06d}')
+        try: return s, read_step_meta(run_dir, s)
         except CorruptCheckpoint as e: print0(f"warning: {e}; using an earlier checkpoint")
     return None
 
@@ -252,16 +274,16 @@ def load_checkpoint(checkpoint_dir: Path | str, step: int | None = None, device=
     if step is not None and step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} in {run_dir}; saved steps: {steps}")
     for s in ([step] if step is not None else reversed(steps)):
-        d = run_dir / f'step_{s:06d}'
+        meta_file, model_file, files, _ = step_files(run_dir, s)
+        d = meta_file.parent
         try:
-            meta = read_meta(d)
-            model_data = _load_file(d / 'model.pt', device)
+            meta = read_step_meta(run_dir, s)
+            model_data = _load_file(model_file, device)
             shards = None
             missing = [n for n in meta.get('files', {}) if n.startswith('optim_') and not (d / n).exists()]
             if load_optimizer and missing:   # the weights are whole; the optimizer state is not: none rather than part
                 print0(f"warning: {d} lacks {', '.join(missing)}: its optimizer state is incomplete and is not loaded")
             elif load_optimizer:   # on the CPU: the optimizer keeps this rank's part and only then moves it
-                files = sorted(d.glob('optim_rank*.pt'), key=lambda f: int(f.stem[len('optim_rank'):]))
                 shards = [_load_file(f, 'cpu') for f in files] or None
             return model_data, shards, meta
         except CorruptCheckpoint as e:

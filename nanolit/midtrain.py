@@ -67,6 +67,10 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
     tag = args.output_tag or src_meta['model_tag']
     resume, lock = open_run(stage, tag, config, args.resume, info, args.resume_from_step, args.dry_run)
     replay_dir = getattr(args, 'data_dir', '') or src_meta.get('data_dir')
+    if args.replay_ratio > 0 and not replay_dir:
+        raise ValueError(f"--replay-ratio {args.replay_ratio} needs pretraining text, but the {source} checkpoint records no "
+                         "data directory (one written by nanochat does not): pass --data-dir with its parquet shards, or "
+                         "--replay-ratio 0")
     spec, val_spec = mixture_spec(args.mixture, 'train', **mixture_kwargs), mixture_spec(args.mixture, 'val', **mixture_kwargs)
     lrs = {k: config[k] * args.init_lr_frac for k in ('embedding_lr', 'unembedding_lr', 'matrix_lr', 'scalar_lr')}
     opt = model.setup_optimizer(**lrs, weight_decay=config['weight_decay'], adam_betas=(config['adam_beta1'], config['adam_beta2']))

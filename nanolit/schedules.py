@@ -25,7 +25,7 @@ def lr_warmup_constant_warmdown(step: int, num_iterations: int, warmup_ratio: fl
 
 # %% ../nbs/06_schedules.ipynb #c3c10ac0
 def lr_mid(progress: float, decay_start: float = 0.8) -> float:
-    "Seed 000's midtraining multiplier: 1 until `decay_start`, then linear to 0 at progress 1."
+    "nanochat's `mid_train.py` multiplier: 1 until `decay_start`, then linear to 0 at progress 1."
     p = min(max(progress, 0.0), 1.0)
     return 1.0 if p < decay_start else (1 - p) / (1 - decay_start)
 
@@ -40,7 +40,7 @@ def lr_warmup_warmdown_progress(progress: float, warmup_ratio: float = 0.0, warm
     return 1.0
 
 def lr_rewarm_cosine(progress: float, warmup_ratio: float = 0.05, floor: float = 0.1) -> float:
-    "Seed 003's re-warm: `floor` → 1 linearly over `warmup_ratio`, then a cosine from 1 down to `floor` at progress 1."
+    "The minimind note's re-warm: `floor` → 1 linearly over `warmup_ratio`, then a cosine from 1 down to `floor` at progress 1."
     p = min(max(progress, 0.0), 1.0)
     if warmup_ratio > 0 and p < warmup_ratio: return floor + (1 - floor) * p / warmup_ratio
     t = (p - warmup_ratio) / max(1e-12, 1 - warmup_ratio)

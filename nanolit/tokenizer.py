@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import pickle
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,8 +20,9 @@ import torch
 from .common import get_base_dir, in_notebook, print0
 
 # %% auto #0
-__all__ = ['SPLIT_PATTERN', 'SPECIAL_TOKENS', 'train_bpe', 'Tokenizer', 'default_tokenizer_dir', 'get_tokenizer',
-           'get_token_bytes', 'validate_conversation', 'mask_html', 'bytes_per_token', 'train_tokenizer', 'main']
+__all__ = ['SPLIT_PATTERN', 'SPECIAL_TOKENS', 'train_bpe', 'Tokenizer', 'read_nanochat_encoding', 'default_tokenizer_dir',
+           'get_tokenizer', 'get_token_bytes', 'validate_conversation', 'mask_html', 'bytes_per_token',
+           'train_tokenizer', 'main']
 
 # %% ../nbs/02_tokenizer.ipynb #131cdeeb
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
@@ -97,6 +99,32 @@ class Tokenizer:
 
     def __repr__(self): return f"Tokenizer(vocab_size={self.get_vocab_size()}, id={self.id!r})"
 
+# %% ../nbs/02_tokenizer.ipynb #45cfedcd
+class _EncodingState:
+    "Stands in for tiktoken's `Encoding` while unpickling: keeps the state it is given, runs nothing."
+    def __setstate__(self, state): self.state = state
+
+class _EncodingUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) == ('tiktoken.core', 'Encoding'): return _EncodingState
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a tiktoken encoding: refusing to load it")
+
+def read_nanochat_encoding(path: Path | str) -> tiktoken.Encoding:
+    "The tiktoken encoding in nanochat's `tokenizer.pkl`, read without executing anything from the file."
+    with open(path, 'rb') as f:
+        try: obj = _EncodingUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            raise ValueError(f"{path} is not a tokenizer nanolit can read safely: {e}") from None
+    st = getattr(obj, 'state', None)
+    ok = isinstance(st, dict) and isinstance(st.get('pat_str'), str) and isinstance(st.get('special_tokens'), dict) \
+         and isinstance(st.get('mergeable_ranks'), dict) and all(isinstance(b, bytes) and isinstance(r, int)
+                                                                 for b, r in st['mergeable_ranks'].items())
+    if not ok: raise ValueError(f"{path} does not hold a tiktoken encoding (pattern, merges, special tokens)")
+    if missing := set(SPECIAL_TOKENS) - set(st['special_tokens']):
+        raise ValueError(f"{path} lacks the chat special tokens {sorted(missing)}: it is not a nanochat tokenizer")
+    return tiktoken.Encoding(name=str(st.get('name', 'nanochat')), pat_str=st['pat_str'],
+                             mergeable_ranks=st['mergeable_ranks'], special_tokens=st['special_tokens'])
+
 # %% ../nbs/02_tokenizer.ipynb #d1abdec1
 def _atomic_write(path: Path, data: bytes):
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
@@ -119,6 +147,8 @@ def _save(self: Tokenizer, directory: Path | str | None = None) -> Path:
 
 def _load(cls, directory: Path | str | None = None) -> Tokenizer:
     directory = Path(directory or default_tokenizer_dir())
+    if not (directory / 'tokenizer.json').exists() and (directory / 'tokenizer.pkl').exists():
+        return cls(read_nanochat_encoding(directory / 'tokenizer.pkl'))   # a base directory written by nanochat
     if not (directory / 'tokenizer.json').exists():
         raise FileNotFoundError(f"no tokenizer in {directory}: run `nanolit_tok_train` first (or set NANOLIT_BASE_DIR "
                                 "to the base directory that has one)")
