@@ -1,27 +1,41 @@
 """Training-step speed of a fixed small GPT on the CPU, eager and torch.compile'd, as CPU MFU.
 
-    python bench/model_speed.py [--steps 10] [--no-compile] [--no-profile]
+    python bench/model_speed.py [--steps 10] [--no-compile] [--no-profile] [--adamw]
+
+Two models of the same depth and widths are timed, each in its own process (so that the peak resident memory of each
+is its own): nanolit's default, which is nanochat@92d63d4's architecture (smear, backout, q/k x1.2, value embeddings
+with their narrow gate, RoPE base 1e5, nanochat's short window), and the model before it ("previous": those features
+off, the 12-channel gate and a short window of T/4), so the cost of the features is measured in one run.
 
 CPU MFU = model FLOP/s (GPT.estimate_flops() x tokens/s) / FLOP/s of a 2048x2048 fp32 torch.mm, both measured in
 this run, on this machine, with the same threads. The sgemm is timed in three blocks of 7 (before the eager model,
 between eager and compiled, after compiled) and its rate is the median of all 21 timings: on a shared machine one
-block alone moved by 1.5x between runs. The step is forward + backward + AdamW update (torch's fused CPU kernel).
+block alone moved by 1.5x between runs. The step is forward + backward + the update of the optimizer `setup_optimizer` builds (MuonAdamW:
+Muon for the matrices, AdamW for the rest); `--adamw` adds a line with torch's fused AdamW over every parameter.
 Like every nanolit stage (`compute_init`), the script first tunes the CPU allocator: huge pages, and freed memory
 kept for reuse (chapter 00; `THP_MEM_ALLOC_ENABLE=0` or `MALLOC_MMAP_MAX_=65536` in the environment turn either half
 off, to measure without). Before timing, the compiled model's first loss is checked against the eager model's.
 Then a profile of the compiled step says where the time goes: matmuls (and the rate they ran at, against the
 sgemm baseline), attention, the compiler's fused elementwise kernels, the optimizer, the rest.
-Last line (the headline): the compiled step's tokens/s and its ratio to the sgemm roofline.
+Last line (the headline): the default model's compiled step in tokens/s and its ratio to the previous model's.
 """
 import argparse
+import math
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
 import torch
 
 from nanolit.common import tune_cpu_allocator
+import nanolit.optim  # noqa: F401  (adds GPT.setup_optimizer)
 from nanolit.model import GPT, config_from_depth
+
+PREVIOUS = dict(smear=False, backout=False, qk_scale=1.0, rope_base=10_000.0, ve_gate_range=2.0)   # + gate on all channels, window T/4
 
 def sgemm_times(n: int = 2048, reps: int = 7) -> list[float]:
     "Seconds per 2048x2048 fp32 matmul, `reps` timings after two warm-up calls."
@@ -32,8 +46,8 @@ def sgemm_times(n: int = 2048, reps: int = 7) -> list[float]:
         t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
     return times
 
-def make_step(model, fwd, x, y):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+def make_step(model, fwd, x, y, adamw=False):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True) if adamw else model.setup_optimizer()
     def step():
         loss = fwd(x, y); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     return step
@@ -55,9 +69,37 @@ def where_time_goes(step, steps=2):
         kind = ('matmul' if n in ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm') else
                 'attention' if 'scaled_dot_product' in n else
                 'compiled kernels' if n.startswith('## Call CompiledFxGraph') else
-                'optimizer' if 'adam' in n.lower() or 'zero_grad' in n else 'other')
+                'optimizer' if any(w in n.lower() for w in ('adam', 'muon', 'zero_grad', 'optimizer')) else 'other')
         kinds[kind] += e.self_cpu_time_total / 1e6 / steps
     return dict(kinds)
+
+def measure(args, variant: str) -> dict:
+    "Run in a child process: tokens/s of one model's step, eager and compiled, its peak resident memory and a profile."
+    alloc = tune_cpu_allocator()   # as compute_init does in every stage; before the first tensor
+    torch.manual_seed(0)
+    extra = dict(PREVIOUS, short_window=args.seq_len // 4) if variant == 'previous' else {}
+    if variant == 'previous': extra['ve_gate_channels'] = math.ceil(args.depth * 64 / 128) * 128   # n_embd: the old gate read every channel
+    cfg = config_from_depth(args.depth, args.vocab, sequence_len=args.seq_len, **extra)
+    model = GPT(cfg)
+    n = model.num_scaling_params()
+    out = dict(config=str(cfg), alloc=str(alloc), fpt=model.estimate_flops(), matmul_fpt=6 * (n['transformer_matrices'] + n['lm_head']))
+    tokens = args.batch * args.seq_len
+    x = torch.randint(0, args.vocab, (args.batch, args.seq_len)); y = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+    out['eager'] = tokens_per_s(make_step(model, model, x, y), tokens, args.steps, warmup=2)
+    if args.adamw: out['eager_adamw'] = tokens_per_s(make_step(model, model, x, y, adamw=True), tokens, args.steps, warmup=2)
+    if not args.no_compile:
+        t0 = time.perf_counter()
+        model = GPT(cfg)
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        loss_c, loss_e = compiled(x, y).item(), model(x, y).item()
+        assert abs(loss_c - loss_e) < 1e-4 * abs(loss_e), f"compiled loss {loss_c} differs from eager {loss_e}"
+        step = make_step(model, compiled, x, y)
+        out['compiled'] = tokens_per_s(step, tokens, args.steps, warmup=3)
+        out.update(compile_s=time.perf_counter() - t0, loss_c=loss_c, loss_e=loss_e)
+        if args.adamw: out['compiled_adamw'] = tokens_per_s(make_step(model, compiled, x, y, adamw=True), tokens, args.steps, warmup=2)
+    out['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before the profiler's own memory
+    if not args.no_compile and not args.no_profile and variant == 'default': out['profile'] = where_time_goes(step)
+    return out
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
@@ -68,53 +110,48 @@ def main():
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--no-compile', action='store_true')
     p.add_argument('--no-profile', action='store_true')
+    p.add_argument('--adamw', action='store_true', help="also time torch's fused AdamW over every parameter")
+    p.add_argument('--variant', choices=['default', 'previous'], help=argparse.SUPPRESS)   # the child's job
     args = p.parse_args()
-    alloc = tune_cpu_allocator()   # as compute_init does in every stage; before the first tensor
-    torch.manual_seed(0)
-    cfg = config_from_depth(args.depth, args.vocab, sequence_len=args.seq_len)
-    model = GPT(cfg)
-    fpt, tokens = model.estimate_flops(), args.batch * args.seq_len
-    n = model.num_scaling_params()
-    matmul_fpt = 6 * (n['transformer_matrices'] + n['lm_head'])   # estimate_flops() less its attention term
-    x = torch.randint(0, args.vocab, (args.batch, args.seq_len)); y = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+    if args.variant:
+        print(json.dumps(measure(args, args.variant))); return
+    tune_cpu_allocator()
     rate = lambda times: 2 * 2048 ** 3 / statistics.median(times)
-    blocks = [sgemm_times()]
-    print(f"config: {cfg}")
-    eager = tokens_per_s(make_step(model, model, x, y), tokens, args.steps, warmup=2)
-    blocks.append(sgemm_times())
-    if not args.no_compile:
-        t0 = time.perf_counter()
-        model = GPT(cfg)
-        compiled = torch.compile(model, fullgraph=True, dynamic=False)
-        loss_c, loss_e = compiled(x, y).item(), model(x, y).item()
-        assert abs(loss_c - loss_e) < 1e-4 * abs(loss_e), f"compiled loss {loss_c} differs from eager {loss_e}"
-        step = make_step(model, compiled, x, y)
-        comp = tokens_per_s(step, tokens, args.steps, warmup=3)
-        compile_s = time.perf_counter() - t0
+    blocks, res = [sgemm_times()], {}
+    for variant in ('previous', 'default'):   # each in its own process: its own peak memory, its own compile cache
+        cmd = [sys.executable, __file__, *sys.argv[1:], '--variant', variant]
+        res[variant] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         blocks.append(sgemm_times())
     peak = rate([t for b in blocks for t in b])
-    print(f"threads {torch.get_num_threads()}; allocator {alloc}")
+    new, old = res['default'], res['previous']
+    fpt, tokens = new['fpt'], args.batch * args.seq_len
+    print(f"default (nanochat@92d63d4): {new['config']}")
+    print("previous: smear, backout, q/k scale off; RoPE base 1e4; VE gate over all channels, range 2; short window T/4")
+    print(f"threads {torch.get_num_threads()}; allocator {new['alloc']}; optimizer: MuonAdamW from setup_optimizer")
     print(f"sgemm 2048^3: {peak / 1e9:.1f} GFLOP/s, the median of {len(blocks)} blocks "
           f"({', '.join(f'{rate(b) / 1e9:.0f}' for b in blocks)}); model {fpt / 1e6:.1f} MFLOP/token "
           f"(roofline at sgemm speed: {peak / fpt:,.0f} tok/s)")
-    print(f"eager:    {eager:8,.0f} tok/s  MFU vs sgemm {eager * fpt / peak:.2f}")
+    modes = ['eager'] + ([] if args.no_compile else ['compiled']) + (['eager_adamw'] + ([] if args.no_compile else ['compiled_adamw']) if args.adamw else [])
+    for mode in modes:
+        print(f"{mode:15s} default {new[mode]:8,.0f} tok/s (MFU vs sgemm {new[mode] * fpt / peak:.2f})   previous "
+              f"{old[mode]:8,.0f} tok/s   ratio {new[mode] / old[mode]:.3f}")
+    print(f"peak resident memory: default {new['peak_mib']:,.0f} MiB, previous {old['peak_mib']:,.0f} MiB "
+          f"(ratio {new['peak_mib'] / old['peak_mib']:.3f})")
     if args.no_compile:
-        print(f"eager train step: {eager:,.0f} tok/s ({eager * fpt / peak:.2f}x vs sgemm roofline)")
+        print(f"eager train step: {new['eager']:,.0f} tok/s ({new['eager'] / old['eager']:.2f}x vs previous model)")
         return
-    print(f"compiled: {comp:8,.0f} tok/s  MFU vs sgemm {comp * fpt / peak:.2f}  (compile + warmup + timing "
-          f"{compile_s:.0f} s; first loss {loss_c:.5f}, eager {loss_e:.5f})")
-    if not args.no_profile:
-        kinds = where_time_goes(step)
-        total = sum(kinds.values())
-        print(f"compiled step, profiled: {total * 1e3:.0f} ms")
+    print(f"compile + warmup + timing {new['compile_s']:.0f} s; first loss {new['loss_c']:.5f}, eager {new['loss_e']:.5f}")
+    if 'profile' in new:
+        kinds = new['profile']; total = sum(kinds.values())
+        print(f"default compiled step, profiled: {total * 1e3:.0f} ms")
         for kind, s in sorted(kinds.items(), key=lambda kv: -kv[1]):
             extra = ''
             if kind == 'matmul':
-                mm_rate = matmul_fpt * tokens / s
+                mm_rate = new['matmul_fpt'] * tokens / s
                 extra = (f"  {mm_rate / 1e9:.0f} GFLOP/s = {mm_rate / peak:.2f}x sgemm: with nothing else in the step, "
                          f"MFU would be {(fpt * tokens / s) / peak:.2f}")
             print(f"  {kind:17s} {s * 1e3:6.0f} ms  {s / total:4.0%}{extra}")
-    print(f"compiled train step: {comp:,.0f} tok/s ({comp * fpt / peak:.2f}x vs sgemm roofline; eager {eager * fpt / peak:.2f}x)")
+    print(f"compiled train step: {new['compiled']:,.0f} tok/s ({new['compiled'] / old['compiled']:.2f}x vs previous model)")
 
 if __name__ == '__main__':
     main()

@@ -15,7 +15,7 @@ from .checkpoint import get_run_dir, load_checkpoint
 from .common import barrier, compute_init, in_notebook, parse_args, print0
 from .corpus import prepare_embedded_corpus
 from .model import GPT, build_model, config_from_depth
-from .schedules import lr_warmup_constant_warmdown, muon_momentum, weight_decay_schedule
+from .schedules import base_muon_momentum, lr_warmup_constant_warmdown, weight_decay_schedule
 from .stage import (add_common_args, eval_loader_factory, open_run, positive_int, pretrain_loader, require_shards,
                            restore_rng,
                            run_stage, stage_main)
@@ -51,8 +51,8 @@ def wd_scale(total_batch_size: int, d_ref: float, target_tokens: float) -> float
     return min(1.0, (total_batch_size / B_REF) ** 0.5 * d_ref / target_tokens)
 
 # %% ../nbs/12_base_train.ipynb #0d80a029
-BASE_DEFAULTS = dict(max_seq_len=2048, device_batch_size=32, total_batch_size=-1, embedding_lr=0.2,
-                     unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, weight_decay=0.2, adam_beta1=0.8, adam_beta2=0.95)
+BASE_DEFAULTS = dict(max_seq_len=2048, device_batch_size=32, total_batch_size=-1, embedding_lr=0.3,   # nanochat@92d63d4
+                     unembedding_lr=0.008, matrix_lr=0.02, scalar_lr=0.5, weight_decay=0.28, adam_beta1=0.8, adam_beta2=0.95)
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='nanolit_base_train', description='Pretrain a GPT on parquet text shards.')
@@ -65,11 +65,13 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('data and horizon')
     g.add_argument('--data-dir', default='', help='directory of train_*/val_* parquet shards (default: embedded corpus)')
     g.add_argument('--target-flops', type=float, default=-1.0, help='training FLOPs to spend (-1 = off)')
-    g.add_argument('--target-param-data-ratio', type=float, default=10.5, help='tokens per scaling parameter (-1 = off)')
+    g.add_argument('--target-param-data-ratio', type=float, default=12, help='tokens per scaling parameter (-1 = off)')
     g = p.add_argument_group('schedule')
-    g.add_argument('--warmup-ratio', type=float, default=0.0)
-    g.add_argument('--warmdown-ratio', type=float, default=0.4)
-    g.add_argument('--final-lr-frac', type=float, default=0.0)
+    g.add_argument('--warmup-steps', type=int, default=40, help='LR warmup steps')
+    g.add_argument('--warmup-ratio', type=float, default=0.0, help='LR warmup as a fraction of the run (> 0: used '
+                   'instead of --warmup-steps)')
+    g.add_argument('--warmdown-ratio', type=float, default=0.65, help='fraction of the run of the linear LR warmdown')
+    g.add_argument('--final-lr-frac', type=float, default=0.05, help='LR at the end, as a fraction of the peak')
     p.add_argument('--model-tag', default=None, help='run directory name (default d<depth>)')
     return add_common_args(p, 'base')
 
@@ -89,7 +91,7 @@ def _main(argv=None) -> dict:
     resume, lock = open_run('base', tag, config, args.resume, info, args.resume_from_step, args.dry_run)
     model = build_model(model_cfg, info.device)
     fpt, n_scaling = model.estimate_flops(), scaling_params(model)
-    d_ref = reference_tokens(tok.get_vocab_size(), args.target_param_data_ratio if args.target_param_data_ratio > 0 else 10.5,
+    d_ref = reference_tokens(tok.get_vocab_size(), args.target_param_data_ratio if args.target_param_data_ratio > 0 else 12,
                              sequence_len=T, aspect_ratio=args.aspect_ratio, head_dim=args.head_dim)
     B = config['total_batch_size']
     if config['num_iterations'] > 0: target = None
@@ -118,9 +120,10 @@ def _main(argv=None) -> dict:
                       eval_every=config['eval_every'], eval_tokens=config['eval_tokens'], save_every=config['save_every'],
                       keep_last=config['keep_last'], dtype=args.dtype or None, compile=bool(args.compile),
                       eval_at_end=False, dry_run=args.dry_run,
-                      lr_schedule=lambda step, n, p: lr_warmup_constant_warmdown(step, n, args.warmup_ratio,
-                                                                                 args.warmdown_ratio, args.final_lr_frac),
-                      momentum_schedule=muon_momentum, weight_decay_schedule=weight_decay_schedule)
+                      lr_schedule=lambda step, n, p: lr_warmup_constant_warmdown(step, n, args.warmup_ratio, args.warmdown_ratio,
+                                                                                 args.final_lr_frac, args.warmup_steps),
+                      momentum_schedule=lambda step: base_muon_momentum(step, num_iterations, args.warmdown_ratio),
+                      weight_decay_schedule=lambda frac: weight_decay_schedule(frac, 'cosine'))
     loader = pretrain_loader(data_dir, 'train', tok, T, info, b, loader_state)
     val = {'val': eval_loader_factory(lambda: pretrain_loader(data_dir, 'val', tok, T, info, b, prefetch=0), cfg, info)}
     meta = {'stage': 'base', 'model_config': vars(model_cfg), 'user_config': config, 'tokenizer_id': tok.id,

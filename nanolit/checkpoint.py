@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .common import all_reduce, collective_device, get_base_dir, print0
-from .model import GPT, GPTConfig, build_model
+from .model import GPT, GPTConfig, build_model, from_nanochat
 from .tokenizer import Tokenizer, get_tokenizer
 
 try: import fcntl
@@ -314,7 +314,14 @@ def load_model(stage: str, device='cpu', phase: str = 'eval', model_tag: str | N
         raise ValueError(f"the {stage} checkpoint {tag} was trained with tokenizer {meta['tokenizer_id']} but the "
                          f"tokenizer in {get_base_dir() / 'tokenizer'} is {tokenizer.id}: restore that tokenizer, "
                          "or retrain the model with this one")
-    model = build_model(GPTConfig(**meta['model_config']), device)
+    if meta.get('format') == 'nanochat':   # nanochat's parameter names and vocabulary padding: chapter 3
+        config, model_data = from_nanochat(model_data, meta['model_config'])
+        if tokenizer.get_vocab_size() != meta['model_config'].get('vocab_size', config.vocab_size):
+            raise ValueError(f"the {stage} checkpoint {tag} has a vocabulary of {meta['model_config'].get('vocab_size')} "
+                             f"tokens but the tokenizer in {get_base_dir() / 'tokenizer'} has {tokenizer.get_vocab_size()}: "
+                             "use the tokenizer that nanochat run saved")
+    else: config = GPTConfig(**meta['model_config'])
+    model = build_model(config, device)
     model.load_state_dict(model_data)
     model.train(phase == 'train')
-    return model, tokenizer, {**meta, 'model_tag': tag}
+    return model, tokenizer, {**meta, 'model_config': vars(config), 'model_tag': tag}

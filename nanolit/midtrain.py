@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-import nanolit.optim  # noqa: F401
+from .optim import optimizer_state_from_nanochat
 from .checkpoint import get_run_dir, load_checkpoint, load_model
 from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
@@ -86,6 +86,7 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
             print0(f"warning: --load-optimizer 1 but the {source} checkpoint has no optimizer state: starting with a "
                    "fresh optimizer (slightly worse early steps)")
         else:
+            if src_meta.get('format') == 'nanochat': shards = optimizer_state_from_nanochat(shards, model, opt)
             opt.load_state_dict(shards, keep_hparams=True)
             print0(f"warm-started the optimizer's momentum from the {source} checkpoint (keeping this stage's learning rates)")
     cfg = TrainConfig(stage=stage, num_iterations=config['num_iterations'], total_batch_size=B, device_batch_size=b,

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
            'check_attention_dtypes', 'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'softcap_ce_chunk',
            'SoftcapCrossEntropy', 'softcap_cross_entropy', 'GPT', 'randomize_', 'build_model', 'num_scaling_params',
-           'estimate_flops']
+           'estimate_flops', 'from_nanochat']
 
 # %% ../nbs/03_model.ipynb #8fc33dbf
 @dataclass
 class GPTConfig:
-    "The shape of a `GPT`: context, vocabulary, depth, widths, attention pattern and a few constants."
+    "The shape of a `GPT` and its feature switches; every default is nanochat@92d63d4's (the table above)."
     sequence_len: int = 1024
     vocab_size: int = 8192
     n_layer: int = 12
@@ -29,9 +29,17 @@ class GPTConfig:
     n_kv_head: int = 6
     n_embd: int = 768
     window_pattern: str = 'SSSL'   # tiled over layers; S = sliding window, L = full context; the last layer is always L
-    short_window: int = 0          # tokens an S layer sees (itself included); 0 = sequence_len // 4
+    short_window: int = 0          # tokens an S layer sees (itself included); 0 = nanochat's ⌈⌈T/4⌉/128⌉·128 + 1
     softcap: float = 15.0          # logits = softcap * tanh(logits / softcap)
-    rope_base: float = 10_000.0
+    rope_base: float = 100_000.0
+    rope_bf16: bool = False        # round the rotary tables to bf16 (nanochat did, on every device, until 2026-03-04)
+    qk_scale: float = 1.2          # q and k are multiplied by this after QK-norm
+    value_embeds: bool = True      # value embeddings on alternating layers, the last included
+    ve_gate_channels: int = 12     # the value-embedding gate reads this many leading channels ...
+    ve_gate_range: float = 3.0     # ... and gives each KV head a weight in (0, ve_gate_range)
+    smear: bool = True             # add a gated copy of the previous token's embedding to each position
+    smear_channels: int = 24       # leading channels the smear gate reads
+    backout: bool = True           # subtract a learned multiple of the halfway residual stream before the head
 
     def __post_init__(self):
         if self.n_embd % self.n_head: raise ValueError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head}")
@@ -39,19 +47,25 @@ class GPTConfig:
         if (self.n_embd // self.n_head) % 2: raise ValueError("the head dimension must be even for rotary embeddings")
         if not self.window_pattern or set(self.window_pattern.upper()) - set('SL'):
             raise ValueError(f"window_pattern {self.window_pattern!r} must be made of S and L")
+        for name in ('ve_gate_channels', 'smear_channels'):
+            if getattr(self, name) > self.n_embd:
+                raise ValueError(f"{name} {getattr(self, name)} > n_embd {self.n_embd}: lower it (or turn the feature off)")
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
     @property
     def padded_vocab_size(self) -> int: return math.ceil(self.vocab_size / 64) * 64
-    def window_sizes(self) -> list[int]:
-        "The attention window of each layer, in tokens (`sequence_len` for a full layer)."
-        short = self.short_window or max(1, self.sequence_len // 4)
+    def full_layers(self) -> list[bool]:
+        "Whether each layer attends to all earlier tokens (`L`, and always the last layer)."
         pattern = (self.window_pattern.upper() * self.n_layer)[:self.n_layer]
-        return [short if c == 'S' and i < self.n_layer - 1 else self.sequence_len for i, c in enumerate(pattern)]
+        return [c == 'L' or i == self.n_layer - 1 for i, c in enumerate(pattern)]
+    def window_sizes(self) -> list[int]:
+        "The attention window of each layer, in tokens seen (`sequence_len` for a full layer)."
+        short = self.short_window or 128 * math.ceil(math.ceil(self.sequence_len / 4) / 128) + 1
+        return [self.sequence_len if full else short for full in self.full_layers()]
     def has_value_embed(self, layer: int) -> bool:
-        "Value embeddings on alternating layers, always including the last."
-        return layer % 2 == (self.n_layer - 1) % 2
+        "Value embeddings (when on) on alternating layers, always including the last."
+        return self.value_embeds and layer % 2 == (self.n_layer - 1) % 2
 
 # %% ../nbs/03_model.ipynb #78ce9f0c
 def config_from_depth(depth: int, vocab_size: int, sequence_len: int = 2048, aspect_ratio: int = 64,
@@ -69,9 +83,9 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 # %% ../nbs/03_model.ipynb #3cb3ec2e
-def rotary_cos_sin(seq_len: int, head_dim: int, base: float = 10_000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_cos_sin(seq_len: int, head_dim: int, base: float = 100_000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     "cos and sin tables of shape (seq_len, head_dim/2) for rotary embeddings."
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     return angles.cos(), angles.sin()
 
@@ -104,6 +118,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos, self.max_len = 0, max_len
+        self.prev_embedding = None   # the last position's embedding, for the smear of the next token
 
     def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Store `k`, `v` (B, kv_heads, T, D) at the current position; return all keys and values so far."
@@ -122,6 +137,7 @@ class KVCache:
         new.k = self.k.expand(-1, batch_size, -1, -1, -1).contiguous()
         new.v = self.v.expand(-1, batch_size, -1, -1, -1).contiguous()
         new.pos, new.max_len = self.pos, self.max_len
+        new.prev_embedding = None if self.prev_embedding is None else self.prev_embedding.expand(batch_size, -1, -1).clone()
         return new
 
 # %% ../nbs/03_model.ipynb #1bee44f0
@@ -137,12 +153,14 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer, self.n_head, self.n_kv_head, self.head_dim = layer, config.n_head, config.n_kv_head, config.head_dim
         self.window = config.window_sizes()[layer]
-        self.full = self.window >= config.sequence_len   # a full layer attends to every earlier token, at any length
+        self.full = config.full_layers()[layer]   # a full layer attends to every earlier token, at any length
+        self.qk_scale, self.ve_gate_range = config.qk_scale, config.ve_gate_range
         self.c_q = nn.Linear(config.n_embd, config.n_head * self.head_dim, bias=False)
         self.c_k = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.ve_gate = nn.Linear(config.n_embd, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
+        self.ve_gate = (nn.Linear(config.ve_gate_channels, config.n_kv_head, bias=False)
+                        if config.has_value_embed(layer) else None)
 
     def forward(self, x, cos, sin, ve=None, kv_cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -150,31 +168,34 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         dtype = v.dtype   # the projections' dtype (bf16 under autocast): attention runs in it
-        if ve is not None:   # value embedding (an fp32 table), mixed in by a per-head gate in (0, 2), 1 at init
-            gate = 2 * torch.sigmoid(self.ve_gate(x))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(dtype)
-        # QK-norm; CUDA's autocast runs rms_norm in fp32, hence the casts back
+        if ve is not None:   # value embedding (an fp32 table), mixed in by a per-head gate read from the first channels
+            gate = self.ve_gate_range * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate.in_features]))
+            v = v + (gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)).to(dtype)
+        # QK-norm; CUDA's autocast runs rms_norm in fp32, hence the casts back. The ×qk_scale of q and of k is folded
+        # into the softmax scale (qk_scale²/√D): the same scores, without two more activations kept for backward
         q, k = norm(apply_rotary(q, cos, sin)).to(dtype), norm(apply_rotary(k, cos, sin)).to(dtype)
+        scale = self.qk_scale ** 2 / math.sqrt(self.head_dim)
         check_attention_dtypes(q, k, v)
         fa3 = _flash_attn3() if kv_cache is None and x.is_cuda else None
         if fa3 is not None:   # (B, T, H, D) layout; window given as (left, right)   [untested: needs a Hopper GPU]
-            y = fa3(q, k, v, causal=True, window_size=(-1 if self.full else self.window - 1, 0))
+            y = fa3(q, k, v, softmax_scale=scale, causal=True, window_size=(-1 if self.full else self.window - 1, 0))
             y = y[0] if isinstance(y, tuple) else y
             return self.c_proj(y.reshape(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         gqa = self.n_kv_head != self.n_head
         window = None if self.full else self.window
         if kv_cache is None:
-            if self.full: y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            if self.full or self.window >= T: y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
             else:
                 pos = torch.arange(T, device=x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), enable_gqa=gqa)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(pos, pos, window), scale=scale,
+                                                   enable_gqa=gqa)
         else:
             start = kv_cache.pos
             k, v = kv_cache.insert(self.layer, k, v)
             mask = window_mask(torch.arange(start, start + T, device=x.device), torch.arange(k.size(2), device=x.device),
                                window)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 # %% ../nbs/03_model.ipynb #40014e62
@@ -284,6 +305,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(C, V, bias=False)
         self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
         self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        self.smear_gate = nn.Linear(config.smear_channels, 1, bias=False) if config.smear else None
+        self.smear_lambda = nn.Parameter(torch.zeros(1)) if config.smear else None
+        # at ≤ 2 layers the halfway layer is the last: the final norm would cancel the backout, so there is none
+        self.backout_lambda = nn.Parameter(torch.zeros(1)) if config.backout and config.n_layer > 2 else None
         self.rotary_len = 2 * config.sequence_len   # room to generate past the training context
         self.register_buffer('cos', torch.empty(self.rotary_len, config.head_dim // 2), persistent=False)
         self.register_buffer('sin', torch.empty(self.rotary_len, config.head_dim // 2), persistent=False)
@@ -292,19 +317,32 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_weights(self):
         "Initialise every parameter and buffer in place (after `to_empty` from the meta device, or at construction)."
-        C = self.config.n_embd
-        bound = math.sqrt(3) / math.sqrt(C)   # uniform(-b, b) has std b/√3 = 1/√C
-        nn.init.normal_(self.wte.weight)
-        for ve in self.value_embeds.values(): nn.init.normal_(ve.weight)
+        c = self.config
+        bound = math.sqrt(3) / math.sqrt(c.n_embd)   # uniform(-b, b) has std b/√3 = 1/√C
+        nn.init.normal_(self.wte.weight, std=0.8)
+        for ve in self.value_embeds.values(): nn.init.uniform_(ve.weight, -bound, bound)
         nn.init.normal_(self.lm_head.weight, std=0.001)
         for block in self.blocks:
             a = block.attn
-            for lin in (a.c_q, a.c_k, a.c_v, block.mlp.c_fc): nn.init.uniform_(lin.weight, -bound, bound)
+            for lin in (a.c_q, a.c_k, a.c_v): nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.uniform_(block.mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
             nn.init.zeros_(a.c_proj.weight); nn.init.zeros_(block.mlp.c_proj.weight)
-            if a.ve_gate is not None: nn.init.zeros_(a.ve_gate.weight)
-        self.resid_lambdas.fill_(1.0); self.x0_lambdas.fill_(0.0)
-        cos, sin = rotary_cos_sin(self.rotary_len, self.config.head_dim, self.config.rope_base, device=self.cos.device)
+            if a.ve_gate is not None: nn.init.uniform_(a.ve_gate.weight, 0.0, 0.02)
+        depth = torch.arange(c.n_layer, dtype=torch.float32) / max(c.n_layer - 1, 1)   # 0 at the first layer, 1 at the last
+        self.resid_lambdas.copy_(1.15 - 0.10 * depth); self.x0_lambdas.copy_(0.20 - 0.15 * depth)
+        if self.smear_gate is not None: nn.init.uniform_(self.smear_gate.weight, 0.0, 0.02); self.smear_lambda.zero_()
+        if self.backout_lambda is not None: self.backout_lambda.fill_(0.2)
+        cos, sin = rotary_cos_sin(self.rotary_len, c.head_dim, c.rope_base, device=self.cos.device)
+        if c.rope_bf16: cos, sin = cos.bfloat16().float(), sin.bfloat16().float()
         self.cos.copy_(cos); self.sin.copy_(sin)
+
+    def smear(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        "Add to each position a gated copy of the previous position's embedding (nothing before the first token)."
+        first = (torch.zeros_like(x[:, :1]) if kv_cache is None or kv_cache.prev_embedding is None
+                 else kv_cache.prev_embedding.to(x.dtype))
+        if kv_cache is not None: kv_cache.prev_embedding = x[:, -1:].clone()
+        gate = self.smear_lambda * torch.sigmoid(self.smear_gate(x[..., :self.smear_gate.in_features]))
+        return x + gate * torch.cat([first, x[:, :-1]], dim=1)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 loss_reduction: str = 'mean'):
@@ -314,12 +352,16 @@ class GPT(nn.Module):
         if t0 + T > self.rotary_len:
             raise ValueError(f"sequence of {t0 + T} positions is longer than this model supports ({self.rotary_len})")
         cos, sin = self.cos[t0:t0 + T], self.sin[t0:t0 + T]
-        x = x0 = norm(self.wte(idx))
+        x = norm(self.wte(idx))
+        if self.smear_gate is not None: x = self.smear(x, kv_cache)
+        x0, halfway = x, None
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, cos, sin, ve, kv_cache)
+            if i == self.config.n_layer // 2: halfway = x
         if kv_cache is not None: kv_cache.pos += T
+        if self.backout_lambda is not None: x = x - self.backout_lambda * halfway
         x = norm(x)
         if targets is not None and (loss_reduction != 'none' or not torch.is_grad_enabled()):
             return softcap_cross_entropy(x, self.lm_head.weight[:self.config.vocab_size], targets, self.config.softcap,
@@ -354,7 +396,9 @@ def num_scaling_params(self: GPT) -> dict[str, int]:
     out = {'embeddings': count([self.wte.weight, *[e.weight for e in self.value_embeds.values()]]),
            'transformer_matrices': count(self.blocks.parameters()),
            'lm_head': self.lm_head.weight.numel(),
-           'scalars': self.resid_lambdas.numel() + self.x0_lambdas.numel()}
+           'scalars': count([self.resid_lambdas, self.x0_lambdas,   # as nanochat counts them (its gpt.py:407)
+                             *[p for p in (self.smear_lambda, self.backout_lambda) if p is not None],
+                             *([self.smear_gate.weight] if self.smear_gate is not None else [])])}
     out['total'] = sum(out.values())
     assert out['total'] == count(self.parameters()), "a parameter is missing from the groups"
     return out
@@ -363,7 +407,47 @@ def estimate_flops(self: GPT) -> float:
     "Training FLOPs per token (forward + backward): 6 × matmul weights + 12·heads·head_dim·window per layer."
     c = self.config
     matmul = self.num_scaling_params()['transformer_matrices'] + self.lm_head.weight.numel()
+    if self.smear_gate is not None: matmul += self.smear_gate.weight.numel()
     attn = sum(12 * c.n_head * c.head_dim * min(w, c.sequence_len) for w in c.window_sizes())
     return 6 * matmul + attn
 
 GPT.num_scaling_params, GPT.estimate_flops = num_scaling_params, estimate_flops
+
+# %% ../nbs/03_model.ipynb #f170480c
+def _nanochat_era(sd: dict, sequence_len: int) -> dict:
+    "The `GPTConfig` switches of the nanochat version that wrote state dict `sd` (see the table above)."
+    gates = [v for k, v in sd.items() if k.endswith('attn.ve_gate.weight')]
+    old_rope = dict(rope_base=10_000.0, rope_bf16=True)
+    if 'smear_lambda' in sd: return {}                                     # a825e63 (2026-03-14) on: the defaults
+    off = dict(smear=False, backout=False, qk_scale=1.0)
+    if gates and gates[0].size(1) == 12:                                    # 6ed7d1d (2026-03-09)
+        return off | dict(short_window=128 * math.ceil(math.ceil(sequence_len / 3) / 128) + 1)
+    if gates:                                                               # e85db6b (2026-01-16)
+        return off | old_rope | dict(ve_gate_channels=gates[0].size(1), ve_gate_range=2.0,
+                                     short_window=sequence_len // 2 + 1)
+    return off | old_rope | dict(value_embeds=False, window_pattern='L')    # 2025: before value embeddings and windows
+
+def from_nanochat(state_dict: dict, model_config: dict, **overrides) -> tuple[GPTConfig, dict]:
+    """nanolit's `GPTConfig` and state dict for a nanochat checkpoint: its model state dict and the `model_config` of
+    its meta json. Features the keys do not hold are off; `overrides` set any config field."""
+    sd = {k.removeprefix('_orig_mod.'): v for k, v in state_dict.items()}
+    widths = {k: model_config[k] for k in ('sequence_len', 'vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd')}
+    era = _nanochat_era(sd, widths['sequence_len'])
+    pattern = {'window_pattern': model_config['window_pattern']} if 'window_pattern' in model_config else {}
+    config = GPTConfig(**(widths | pattern | era | overrides))
+    out = {}
+    for k, v in sd.items():
+        k = k.replace('transformer.wte.', 'wte.', 1).replace('transformer.h.', 'blocks.', 1)
+        v = v.float() if v.is_floating_point() else v
+        if k in ('wte.weight', 'lm_head.weight') or k.startswith('value_embeds.'):   # pad the vocabulary rows
+            v = torch.cat([v, v.new_zeros(config.padded_vocab_size - len(v), v.size(1))])
+        out[k] = v
+    out.setdefault('resid_lambdas', torch.ones(config.n_layer))      # before 2026-01-11: a plain residual
+    out.setdefault('x0_lambdas', torch.zeros(config.n_layer))
+    if config.n_layer <= 2: out.pop('backout_lambda', None)       # a no-op there (see the table at the top)
+    with torch.device('meta'): expected = GPT(config).state_dict()
+    missing, extra = expected.keys() - out.keys(), out.keys() - expected.keys()
+    if missing or extra:
+        raise ValueError(f"nanochat state dict does not fit {config}: missing {sorted(missing)}, unexpected "
+                         f"{sorted(extra)}; pass the config fields that differ as keyword overrides")
+    return config, out

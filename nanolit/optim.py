@@ -16,11 +16,13 @@ from .common import all_gather_into_tensor, all_reduce, reduce_scatter_tensor
 from .model import GPT
 
 # %% auto #0
-__all__ = ['POLAR_EXPRESS_COEFFS', 'NEWTON_SCHULZ_COEFFS', 'orthogonalize', 'MuonAdamW']
+__all__ = ['POLAR_EXPRESS_COEFFS', 'NEWTON_SCHULZ_COEFFS', 'orthogonalize', 'MuonAdamW', 'optimizer_state_from_nanochat']
 
 # %% ../nbs/05_optim.ipynb #e5e1df49
-POLAR_EXPRESS_COEFFS = [(8.157, -22.483, 15.879), (4.043, -2.809, 0.500), (3.892, -2.772, 0.506),
-                        (3.286, -2.368, 0.464), (2.347, -1.710, 0.423)]   # Amsel et al. 2025, one triple per step
+POLAR_EXPRESS_COEFFS = [   # Amsel et al. 2025 (num_iters=5, safety 2e-2, cushion 2), one triple per step; nanochat's
+    (8.156554524902461, -22.48329292557795, 15.878769915207462), (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393), (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)]
 NEWTON_SCHULZ_COEFFS = [(3.4445, -4.7750, 2.0315)] * 5                   # Jordan et al. 2024, the same every step
 
 def orthogonalize(G: torch.Tensor, method: str = 'polar_express', steps: int = 5) -> torch.Tensor:
@@ -29,7 +31,7 @@ def orthogonalize(G: torch.Tensor, method: str = 'polar_express', steps: int = 5
     X = G.bfloat16() if G.is_cuda else G.float()   # bf16 on tensor cores; fp32 on CPU, where bf16 is slow
     tall = X.size(-2) > X.size(-1)
     if tall: X = X.mT                               # iterate on the smaller Gram matrix
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-7)   # Frobenius ≥ spectral norm: all σ ≤ 1 after this
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.01 + 1e-6)   # Frobenius ≥ spectral norm: all σ < 1 after this
     for a, b, c in coeffs:
         A = X @ X.mT
         X = a * X + (b * A + c * (A @ A)) @ X
@@ -141,20 +143,29 @@ def _muon_update(self: MuonAdamW, group: dict, reduced) -> list:
         bufs = [self.state[p].setdefault('momentum_buffer', torch.zeros_like(p)) for p in mine]
         B = torch.stack(bufs)
         B.lerp_(G, 1 - mom)
-        U = orthogonalize(G.lerp(B, mom), group.get('orthogonalizer', 'polar_express'))
         for b, new in zip(bufs, B): b.copy_(new)
-        if group.get('normuon'):
-            beta2 = group.get('beta2', 0.95)
-            V = torch.stack([self.state[p].setdefault('second_moment', torch.zeros(p.size(0), 1, device=p.device))
-                             for p in mine])
-            V.lerp_(U.float().square().mean(-1, keepdim=True), 1 - beta2)
-            for p, v in zip(mine, V): self.state[p]['second_moment'].copy_(v)
-            scaled = U / (V.sqrt() + 1e-10).to(U.dtype)
-            U = scaled * (U.norm(dim=(-2, -1), keepdim=True) / (scaled.norm(dim=(-2, -1), keepdim=True) + 1e-10))
+        X = G.lerp(B, mom)
         rows, cols = params[0].shape
+        if group.get('muoneq', False):   # MuonEq: every row to the mean row norm
+            target = X.norm(dim=(-2, -1), keepdim=True) / math.sqrt(rows)
+            X = X * (target / X.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        U = orthogonalize(X, group.get('orthogonalizer', 'polar_express'))
+        if group.get('muon_plus', False):   # Muon+: the Frobenius norm of a semi-orthogonal matrix
+            U = U * (math.sqrt(min(rows, cols)) / U.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
+        if group.get('normuon'):   # NorMuon: per neuron of the longer side, norm of the whole update kept
+            red = -1 if rows >= cols else -2
+            shape = (rows, 1) if rows >= cols else (1, cols)
+            V = torch.stack([self.state[p].setdefault('second_moment', torch.zeros(shape, device=p.device)) for p in mine])
+            v_mean = U.float().square().mean(red, keepdim=True)
+            V.lerp_(v_mean, 1 - group.get('beta2', 0.9))
+            for p, v in zip(mine, V): self.state[p]['second_moment'].copy_(v)
+            step = V.clamp_min(1e-10).rsqrt()
+            before = (v_mean.sum(dim=(-2, -1), keepdim=True) * U.size(red)).sqrt()
+            after = (v_mean * U.size(red) * step.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+            U = U * (step * before / after.clamp_min(1e-10)).to(U.dtype)
         U = U * math.sqrt(max(1.0, rows / cols))
         P = torch.stack(mine)
-        if wd: U = U + wd * P * ((U * P) > 0)
+        if wd: U = U + wd * P * ((U * P) >= 0)   # cautious: decay only where the update agrees (zero included)
         P.sub_(lr * U)
         for p, new in zip(mine, P): p.copy_(new)
     if self.world_size == 1: return []
@@ -171,23 +182,31 @@ def _muon_update(self: MuonAdamW, group: dict, reduced) -> list:
 # %% ../nbs/05_optim.ipynb #ce7e1b32
 @patch
 def setup_optimizer(self: GPT, embedding_lr: float = 0.2, unembedding_lr: float = 0.004, matrix_lr: float = 0.02,
-                    scalar_lr: float = 0.5, weight_decay: float = 0.0, adam_betas: tuple = (0.8, 0.95),
-                    muon_momentum: float = 0.95, normuon: bool = False, orthogonalizer: str = 'polar_express',
-                    shard_min_numel: int = 4096) -> MuonAdamW:
-    "A `MuonAdamW` over this model: AdamW for embeddings, head and scalars (width-scaled LRs), Muon for the matrices."
+                    scalar_lr: float = 0.5, weight_decay: float = 0.0, adam_betas: tuple | None = None,
+                    adam_eps: float = 1e-10, scalar_eps: float = 1e-10, muon_momentum: float = 0.95,
+                    normuon: bool = True, muoneq: bool = True, muon_plus: bool = True, muon_beta2: float = 0.9,
+                    orthogonalizer: str = 'polar_express', shard_min_numel: int = 4096) -> MuonAdamW:
+    "nanochat's `MuonAdamW` groups over this model (see the table); `adam_betas` replaces every AdamW group's betas."
     s = (self.config.n_embd / 768) ** -0.5
-    adam = dict(kind='adamw', betas=tuple(adam_betas), weight_decay=0.0)
-    groups = [dict(name='embedding', params=[self.wte.weight, *[e.weight for e in self.value_embeds.values()]],
-                   lr=embedding_lr * s, eps=1e-8, **adam),
-              dict(name='unembedding', params=[self.lm_head.weight], lr=unembedding_lr * s, eps=1e-8, **adam),
-              dict(name='scalars', params=[self.resid_lambdas, self.x0_lambdas], lr=scalar_lr, eps=1e-6, **adam)]
+    def adam(name, params, lr, betas, wd, eps=adam_eps):
+        return dict(name=name, kind='adamw', params=params, lr=lr, betas=tuple(adam_betas or betas), eps=eps,
+                    weight_decay=wd)
+    smear = [p for p in (getattr(self.smear_gate, 'weight', None), self.smear_lambda, self.backout_lambda) if p is not None]
+    groups = [adam('unembedding', [self.lm_head.weight], unembedding_lr * s, (0.8, 0.96), 0.01),
+              adam('embedding', [self.wte.weight], embedding_lr * s, (0.8, 0.995), 0.001),
+              adam('value_embeds', [e.weight for e in self.value_embeds.values()], embedding_lr * s * 0.5, (0.8, 0.995), 0.01),
+              adam('resid', [self.resid_lambdas], scalar_lr * 0.01, (0.8, 0.95), 0.05, scalar_eps),
+              adam('x0', [self.x0_lambdas], scalar_lr, (0.96, 0.95), 0.0, scalar_eps),
+              adam('smear', smear, 0.2, (0.8, 0.95), 0.0, scalar_eps)]
+    groups = [g for g in groups if g['params']]
     by_shape = defaultdict(list)
     for p in self.blocks.parameters():
         if p.ndim != 2: raise ValueError(f"unexpected {p.ndim}-D parameter in a block: give it a group")
         by_shape[tuple(p.shape)].append(p)
     for (r, c), params in sorted(by_shape.items()):
         groups.append(dict(name=f'muon_{r}x{c}', kind='muon', params=params, lr=matrix_lr, momentum=muon_momentum,
-                           weight_decay=weight_decay, normuon=normuon, orthogonalizer=orthogonalizer))
+                           weight_decay=weight_decay, normuon=normuon, muoneq=muoneq, muon_plus=muon_plus,
+                           beta2=muon_beta2, ns_steps=5, orthogonalizer=orthogonalizer))
     return MuonAdamW(groups, shard_min_numel=shard_min_numel)
 
 # %% ../nbs/05_optim.ipynb #c291294a
@@ -268,3 +287,53 @@ def load_state_dict(self: MuonAdamW, state: dict | list[dict], keep_hparams: boo
     if not keep_hparams:
         for g, saved in zip(self.param_groups, ref['groups']):
             g.update({k: v for k, v in saved.items() if k not in ('num_params', 'name')})
+
+# %% ../nbs/05_optim.ipynb #0fc85e4c
+def _nanochat_entry(st: dict, p: torch.Tensor, rows) -> dict:
+    "A nanolit AdamW entry from a nanochat one: fp32, an int step as a tensor, vocabulary rows padded with zeros."
+    pad = lambda t: t if rows is not None or len(t) == len(p) else torch.cat([t, t.new_zeros(len(p) - len(t), *t.shape[1:])])
+    return {'rows': rows, 'step': torch.tensor(float(st['step'])),
+            'exp_avg': pad(st['exp_avg'].float()), 'exp_avg_sq': pad(st['exp_avg_sq'].float())}
+
+def optimizer_state_from_nanochat(shards: list, model: GPT, opt: MuonAdamW) -> list[dict]:
+    """The `MuonAdamW.state_dict()` of each rank of a nanochat run, from its optimizer files (loaded, in rank order),
+    for `opt.load_state_dict(...)` on `model` (converted by `from_nanochat`). Hyper-parameters stay `opt`'s."""
+    W, legacy = len(shards), isinstance(shards[0], (list, tuple))
+    if legacy and W > 1: raise ValueError("nanochat's 2025 multi-GPU optimizer files (DistAdamW/DistMuon) are not "
+                                          "supported: start with a fresh optimizer (--load-optimizer 0)")
+    at = {id(p): i for i, (_, _, p) in enumerate(opt._params())}
+    groups = [{k: _plain(v) for k, v in g.items() if k != 'params'} | {'num_params': len(g['params'])}
+              for g in opt.param_groups]
+    out = [{'world_size': W, 'rank': r, 'groups': groups, 'state': {}} for r in range(W)]
+    if legacy:   # [AdamW over lm_head, wte], [Muon grouped by matrix size, as nanochat's 2025 Muon built its groups]
+        mats = list(model.blocks.parameters())
+        ours = [[model.lm_head.weight], [model.wte.weight]] + [[p for p in mats if p.numel() == n] for n in {p.numel() for p in mats}]
+        saved = [(sd, g) for sd in shards[0] for g in sd['param_groups']]
+    else:
+        ours, saved = [g['params'] for g in opt.param_groups], [(None, g) for g in shards[0]['param_groups']]
+        names = [g['name'] for g in opt.param_groups]
+        if 'smear' in names and model.backout_lambda is None:   # ≤ 2 layers: nanochat's unused backout λ (the smear
+            i = names.index('smear')                             # group's last) maps to nothing
+            if len(saved[i][1]['params']) == len(ours[i]) + 1: ours[i] = ours[i] + [None]
+    if [len(g) for g in ours] != [len(g['params']) for _, g in saved]:
+        raise ValueError(f"nanochat optimizer groups of sizes {[len(g['params']) for _, g in saved]} do not fit this "
+                         f"model's {[len(g) for g in ours]}: convert the checkpoint's own model, or start fresh")
+    for r, shard in enumerate(shards):
+        for k, params in enumerate(ours):
+            sd, g = (saved[k][0], saved[k][1]) if legacy else (shard, shard['param_groups'][k])
+            if legacy and 'momentum_buffer' in next(iter(sd['state'].values()), {}):   # 2025 Muon: per matrix
+                for idx, p in zip(g['params'], params):
+                    if idx in sd['state']: out[0]['state'][at[id(p)]] = {'rows': None, 'momentum_buffer': sd['state'][idx]['momentum_buffer'].float()}
+            elif legacy or g['kind'] == 'adamw':
+                for idx, p in zip(g['params'], params):
+                    if idx not in sd['state'] or p is None: continue
+                    whole = W == 1 or p.numel() < 1024
+                    if whole and r > 0: continue                    # replicated on every rank: take rank 0's
+                    n = p.size(0) // W
+                    out[r]['state'][at[id(p)]] = _nanochat_entry(sd['state'][idx], p, None if whole else (r * n, (r + 1) * n))
+            elif g['params'][0] in sd['state']:                     # Muon: one stacked state, rank r's chunk
+                st, chunk = sd['state'][g['params'][0]], math.ceil(len(params) / W)
+                for c, j in enumerate(range(r * chunk, min((r + 1) * chunk, len(params)))):
+                    out[r]['state'][at[id(params[j])]] = {'rows': None, 'momentum_buffer': st['momentum_buffer'][c].float(),
+                                                         'second_moment': st['second_momentum_buffer'][c].float()}
+    return out

@@ -9,14 +9,15 @@ import math
 
 # %% auto #0
 __all__ = ['PROGRESS_SCHEDULES', 'lr_warmup_constant_warmdown', 'lr_mid', 'lr_warmup_warmdown_progress', 'lr_rewarm_cosine',
-           'muon_momentum', 'weight_decay_schedule']
+           'muon_momentum', 'base_muon_momentum', 'weight_decay_schedule']
 
 # %% ../nbs/06_schedules.ipynb #56139b25
 def lr_warmup_constant_warmdown(step: int, num_iterations: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.4,
-                                final_lr_frac: float = 0.0) -> float:
-    "LR multiplier: linear 0→1 over the first `warmup_ratio`, 1, then linear 1→`final_lr_frac` over the last `warmdown_ratio`."
+                                final_lr_frac: float = 0.0, warmup_steps: int = 0) -> float:
+    """LR multiplier: linear 0→1 over the first `warmup_steps` (or, when given, `warmup_ratio` of the run), 1, then
+    linear 1→`final_lr_frac` over the last `warmdown_ratio`."""
     if num_iterations <= 0: raise ValueError("num_iterations must be positive")
-    warmup = round(warmup_ratio * num_iterations)
+    warmup = round(warmup_ratio * num_iterations) if warmup_ratio > 0 else warmup_steps
     warmdown = round(warmdown_ratio * num_iterations)
     if step < warmup: return (step + 1) / warmup
     if step <= num_iterations - warmdown: return 1.0
@@ -53,6 +54,14 @@ def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: 
     "Muon momentum: linear from `start` to `end` over `warmup_steps`, then `end`."
     frac = min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
     return (1 - frac) * start + frac * end
+
+def base_muon_momentum(step: int, num_iterations: int, warmdown_ratio: float, warmup_steps: int = 400,
+                       start: float = 0.85, peak: float = 0.97, final: float = 0.90) -> float:
+    "nanochat's pretraining momentum: `start` → `peak` over `warmup_steps`, then down to `final` during the LR warmdown."
+    warmdown = round(warmdown_ratio * num_iterations); warmdown_start = num_iterations - warmdown
+    if step < warmup_steps: return start + (peak - start) * step / warmup_steps
+    if warmdown > 0 and step >= warmdown_start: return peak + (final - peak) * (step - warmdown_start) / warmdown
+    return peak
 
 def weight_decay_schedule(frac: float, kind: str = 'linear') -> float:
     "Weight-decay multiplier at `frac` ∈ [0, 1] of the run: 1 → 0 linearly, along a cosine, or 'constant'."

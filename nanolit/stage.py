@@ -161,7 +161,8 @@ def open_run(stage: str, tag: str, config: dict, policy: str, info: DistInfo, fr
 def inherit(config: dict, parent_meta: dict, keys: tuple[str, ...], source: str) -> dict:
     "Fill `config[k]` (when None) from the parent's recorded values; print what was inherited."
     taken = {}
-    parent = {**parent_meta.get('user_config', {}), **parent_meta.get('effective', {})}
+    geometry = {k: parent_meta[k] for k in ('max_seq_len', 'device_batch_size', 'total_batch_size') if k in parent_meta}
+    parent = {**parent_meta.get('user_config', {}), **geometry, **parent_meta.get('effective', {})}   # nanochat: geometry
     for k in keys:
         if config.get(k) is None and parent.get(k) is not None: config[k] = taken[k] = parent[k]
     if taken: print0(f"inherited from the {source} checkpoint: " + ', '.join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()))

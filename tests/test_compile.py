@@ -16,7 +16,7 @@ pytestmark = needs_cxx
 @pytest.fixture(scope='module')
 def setup():
     torch.manual_seed(0)
-    cfg = GPTConfig(sequence_len=64, vocab_size=1000, n_layer=2, n_head=2, n_kv_head=1, n_embd=64, short_window=16)
+    cfg = GPTConfig(sequence_len=64, vocab_size=1000, n_layer=3, n_head=2, n_kv_head=1, n_embd=64, short_window=16)   # 3: backout acts
     model = randomize_(GPT(cfg), std=0.05)   # no zero-initialised projections: every gradient is non-trivial
     idx = torch.randint(0, 1000, (4, 64)); targets = torch.randint(0, 1000, (4, 64)); targets[:, :5] = -1
     return model, torch.compile(model, fullgraph=True, dynamic=False), idx, targets
