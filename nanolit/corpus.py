@@ -116,6 +116,8 @@ def list_shards(data_dir: Path | str, split: str = 'train') -> list[Path]:
     "The `split` shards in `data_dir`, in order; a clear error when there are none."
     data_dir = Path(data_dir)
     paths = sorted(data_dir.glob(f'{split}_*.parquet'))
+    if not paths and len(shards := sorted(data_dir.glob('shard_*.parquet'))) > 1:   # nanochat's layout: the last is val
+        paths = shards[-1:] if split == 'val' else shards[:-1]
     if not paths:
         raise FileNotFoundError(f"no {split} shards ({split}_*.parquet) in {data_dir}: run `nanolit_data` to write the "
                                 "embedded corpus there, or `nanolit_data --hf-dataset ID` to download one")

@@ -56,7 +56,7 @@ def _flags(d: dict) -> list[str]:
 
 def plan(p: dict, tag: str) -> list[tuple[str, str, list[str], int]]:
     "(name, module, args, nproc) of each step of a preset, in order."
-    common = ['--eval-every', '-1', '--eval-tokens', str(p['eval_tokens'])] + p['extra']
+    common = ['--eval-tokens', str(p['eval_tokens'])] + p['extra']   # mid/SFT: --eval-every -1 (only at the end)
     base = _flags({k: p[k] for k in ('depth', 'aspect_ratio', 'head_dim', 'max_seq_len', 'device_batch_size',
                                      'total_batch_size', 'matrix_lr', 'embedding_lr', 'unembedding_lr')})
     mix = ['--mixture', p.get('mixture', 'default'), '--mixture-scale', str(p['mixture_scale'])]
@@ -67,9 +67,10 @@ def plan(p: dict, tag: str) -> list[tuple[str, str, list[str], int]]:
         ('base', 'nanolit.base_train', base + ['--num-iterations', str(p['base_steps']), '--model-tag', tag,
                                                '--target-param-data-ratio', '10.5' if p['base_steps'] < 0 else '-1'] + common
                                               + ['--eval-every', str(p['base_steps'] if p['base_steps'] > 0 else 250)], p['nproc']),
-        ('mid', 'nanolit.midtrain', ['--num-iterations', str(p['mid_steps']), '--model-tag', tag,
+        ('mid', 'nanolit.midtrain', ['--num-iterations', str(p['mid_steps']), '--model-tag', tag, '--eval-every', '-1',
                                      '--replay-ratio', str(p['replay_ratio'])] + mix + common, p['nproc']),
-        ('sft', 'nanolit.sft', ['--num-iterations', str(p['sft_steps']), '--model-tag', tag] + mix + common, p['nproc']),
+        ('sft', 'nanolit.sft', ['--num-iterations', str(p['sft_steps']), '--model-tag', tag, '--eval-every', '-1'] + mix
+                               + common, p['nproc']),
         ('eval base', 'nanolit.eval', ['--source', 'base', '--model-tag', tag] + ev, 1),
         ('eval mid', 'nanolit.eval', ['--source', 'mid', '--model-tag', tag] + ev, 1),
         ('eval sft', 'nanolit.eval', ['--source', 'sft', '--model-tag', tag] + ev, 1),

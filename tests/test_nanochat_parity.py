@@ -28,7 +28,7 @@ def load(version, step=4):
     meta = json.loads((ckpt / f'meta_{step:06d}.json').read_text())
     config, sd = from_nanochat(torch.load(ckpt / f'model_{step:06d}.pt', map_location='cpu'), meta['model_config'])
     model = GPT(config); model.load_state_dict(sd, strict=True)
-    return model, torch.load(root / 'reference.pt', map_location='cpu', weights_only=False), ckpt
+    return model, torch.load(root / 'reference.pt', map_location='cpu', weights_only=True), ckpt
 
 @pytest.mark.parametrize('version', VERSIONS)
 def test_logits_and_loss_match_nanochat(version):
