@@ -25,9 +25,9 @@ try: import fcntl
 except ImportError: fcntl = None   # no POSIX locks (Windows): the heartbeat lock below is used
 
 # %% auto #0
-__all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'step_files', 'RunLock', 'clear_debris', 'open_run_dir', 'all_finite',
-           'last_checkpoint', 'save_checkpoint', 'CorruptCheckpoint', 'read_meta', 'read_step_meta', 'newest_intact',
-           'load_checkpoint', 'find_model_tag', 'load_model']
+__all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'step_files', 'RunLock', 'any_rank', 'clear_debris', 'open_run_dir',
+           'all_finite', 'last_checkpoint', 'save_checkpoint', 'CorruptCheckpoint', 'read_meta', 'read_step_meta',
+           'newest_intact', 'load_checkpoint', 'find_model_tag', 'load_model']
 
 # %% ../nbs/09_checkpoint.ipynb #f3b9e342
 STAGE_DIRS = {'base': 'base_checkpoints', 'mid': 'mid_checkpoints', 'sft': 'chatsft_checkpoints'}
@@ -115,7 +115,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 # %% ../nbs/09_checkpoint.ipynb #33501729
-def _any_rank(flag: bool) -> bool:
+def any_rank(flag: bool) -> bool:
     "True on every rank when `flag` is true on any (a collective: every rank calls it)."
     return bool(all_reduce(torch.tensor([float(flag)], device=collective_device() or 'cpu'), 'max').item())
 
@@ -137,10 +137,10 @@ def open_run_dir(run_dir: Path | str, rank: int = 0) -> RunLock | None:
             lock = RunLock(run_dir); holder = lock.acquire()
             if holder is None: clear_debris(run_dir)
         except OSError as e: err = e
-    if _any_rank(err is not None):
+    if any_rank(err is not None):
         if err is not None: raise err
         raise OSError(f"rank 0 could not open the run directory {run_dir}: see its error")
-    if _any_rank(holder is not None):
+    if any_rank(holder is not None):
         raise FileExistsError(f"another run is using {run_dir}: {holder or _holder(run_dir / '.lock')}. Wait for it to "
                               "finish or stop it, or pass another --model-tag")
     return lock
@@ -180,7 +180,7 @@ def save_checkpoint(checkpoint_dir: Path | str, step: int, model_data: dict, opt
         if err is None:
             try: fn()
             except OSError as e: err = e
-        return _any_rank(err is not None)
+        return any_rank(err is not None)
     def prepare():
         nonlocal free
         run_dir.mkdir(parents=True, exist_ok=True)

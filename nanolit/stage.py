@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import RunLock, _any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
+from .checkpoint import RunLock, any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
 from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
 from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream
 from .train import TrainConfig, train
@@ -151,7 +151,7 @@ def open_run(stage: str, tag: str, config: dict, policy: str, info: DistInfo, fr
             if info.rank == 0:
                 try: supersede_after(get_run_dir(stage, tag), from_step)
                 except OSError as e: err = e
-            if _any_rank(err is not None): raise err or FileNotFoundError(f"--resume-from-step {from_step}: see rank 0's error")
+            if any_rank(err is not None): raise err or FileNotFoundError(f"--resume-from-step {from_step}: see rank 0's error")
         return resolve_resume(stage, tag, config, policy), lock
     except BaseException:
         if lock is not None: lock.release()
@@ -169,7 +169,7 @@ def inherit(config: dict, parent_meta: dict, keys: tuple[str, ...], source: str)
     return config
 
 # %% ../nbs/11_stage.ipynb #10f9af43
-def check_source_finished(src_meta: dict, source: str, step_named: bool, step_flag: str = '--source-step'):
+def check_source_finished(src_meta: dict, source: str, step_named: bool, step_flag: str = '--model-step'):
     "Refuse to continue a checkpoint whose run did not finish, unless its step was named explicitly."
     if step_named or src_meta.get('finished', True): return
     step, n = src_meta.get('step'), src_meta.get('effective', {}).get('num_iterations')
