@@ -1,13 +1,16 @@
-"""Rows/s and waste of nanolit's BOS best-fit packers against a plain linear-scan best-fit, measured in one run.
+"""What nanolit's loaders deliver, each against a baseline measured in the same run.
 
     python bench/packing.py [--batches 30]
 
-Both sides get the same synthetic token documents (lognormal lengths), pack rows of T+1 = 2049 tokens, batches of 32
-rows, and build the (inputs, targets) tensors. The baseline is the algorithm of seed 000 written plainly: a Python
-list as buffer (1,000 documents for crop, 100 conversations for pad), a linear scan for the largest item that fits,
-and when none fits: crop the shortest (crop) or pad the row (pad). Then the whole pretraining loader (parquet ->
-tokenize -> pack, prefetch thread) in tokens/s, against what one H100 consumes in a d20 run (~80-100k tok/s).
-Last line (the headline): the worse of the two packer speed-ups.
+1. The packers: both sides get the same synthetic token documents (lognormal lengths), pack rows of T+1 = 2049 tokens,
+   batches of 32 rows, and build the (inputs, targets) tensors. The baseline is nanochat's best-fit algorithm written
+   plainly: a Python list as buffer (1,000 documents for crop, 100 conversations for pad), a linear scan for the
+   largest item that fits, and when none fits: crop the shortest (crop) or pad the row (pad).
+2. The whole pretraining loader (parquet -> tokenize -> pack, prefetch thread) in tokens/s, against what one H100
+   consumes in a d20 run (~80-100k tok/s).
+3. Per-rank cost against the world size (simulated ranks in one process): tokens/s that rank 0 of W delivers with
+   lanes (it packs only its own lanes' rows), against the first design (every rank packs the whole global batch).
+Last line (the headline): per-rank tokens/s at W=8 as a ratio of W=1.
 """
 import argparse
 import time
@@ -15,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from nanolit.data import BestFitPacker, DataLoader, RenderSplit, _item, leaf_streams, pack_rows, rows_to_batch
+from nanolit.data import BestFitPacker, DataLoader, _item, pack_rows, rows_to_batch
 
 T, B, BOS = 2048, 32, 0
 
@@ -37,7 +40,7 @@ class SyntheticStream:
     def load_state_dict(self, s): self.i = s['i']
 
 def linear_scan_batches(docs, mode, buffer_size, n_batches, cap=T + 1):
-    "The baseline: seed 000's best fit with a list and a linear scan; returns rows/s, waste fraction."
+    "The baseline: nanochat's best fit with a list and a linear scan; returns rows/s, waste fraction."
     it, buf, waste, real = iter(docs * 10), [], 0, 0
     t0 = time.perf_counter()
     for _ in range(n_batches):
@@ -88,69 +91,43 @@ def loader_tokens_per_s(n_batches):
     dt = time.perf_counter() - t0; ld.close()
     return n_batches * B * T / dt, tok, data_dir
 
-class TimedSplit(RenderSplit):
-    """Simulated rank `rank` of `world`: renders the other slices too (the rows need them), and keeps apart the time of
-    that (`others`), of its own slice's rendering (`own`) and of all slices' rendering (`every`); counts the blocks it
-    submits, so that timed windows can span whole blocks (the rendering comes in lumps of a row group per rank)."""
-    def __init__(self, rank, world):
-        super().__init__(rank, world); self.others = self.own = self.every = 0.0; self.blocks = 0
-    def submit(self, render, keys, cuts=None):
-        first = [True]
-        def timed(ks):
-            t0 = time.perf_counter(); out = render(ks); dt = time.perf_counter() - t0
-            self.every += dt
-            if first[0]: self.own += dt; first[0] = False
-            return out
-        block = super().submit(timed, keys, cuts); self.blocks += 1
-        return block
-    def _render_others(self, block):
-        t0 = time.perf_counter(); out = super()._render_others(block); self.others += time.perf_counter() - t0
-        return out
-    def rank_seconds(self, wall):
-        """The average rank's share of `wall`: the work every rank does, plus the mean slice rendering (in place of this
-        rank's own slice: with a small corpus a rank keeps drawing the same row groups)."""
-        return wall - self.others - self.own + self.every / self.world
-
 def todays_microbatch(packer, b, world, rank=0):
-    "Today's design, as `DataLoader._build` did it: pack all `world * b` rows of the global micro-batch, keep this rank's."
+    "The first design: one packer packs all `world * b` rows of the global micro-batch on every rank, which keeps its own."
     rows, train = pack_rows(packer, world * b)
     mine = slice(rank * b, (rank + 1) * b)
     return rows_to_batch(rows[mine], train[mine])
 
-def timed_blocks(step, split, n):
-    "Micro-batches and seconds (less the other ranks' rendering) from now until `n` more blocks have been submitted."
-    t0, before, b0, k = time.perf_counter(), split.rank_seconds(0.0), split.blocks, 0
-    while split.blocks < b0 + n: step(); k += 1
-    return k, split.rank_seconds(time.perf_counter() - t0) - before
-
-def per_rank_scaling(make_packer, worlds, b=B, rounds=4, blocks=3):
-    """Per-rank tokens/s {W: (split design, today's design)}, designs and world sizes interleaved round by round. A
-    window spans whole blocks (the rendering comes in lumps of a block), and the windows of a loader follow each other."""
+def per_rank_scaling(make_packers, worlds, b=B, rounds=3, mbs=16, lanes=8):
+    """Per-rank tokens/s {W: (lanes, first design)} of rank 0 of W, in one process. With lanes, rank 0 packs the rows of
+    the lanes it owns (`DataLoader(owned=...)._build()`, as in a job; rank 0 is the busiest rank when W does not divide the
+    lanes); the exchange that follows in a job (an all-gather of about b rows) is not timed. The first design packs all
+    W·b rows of one packer and keeps b. World sizes and designs are interleaved round by round, after a warm-up in which
+    every packer consumes three buffers' worth of items: a fresh buffer holds many pieces that fill a row alone, so
+    rows come cheap at first, and a rank of W=1 (8 lanes) would stay in that easy start 8 times longer than one of W=8."""
     runs = {}
     for W in worlds:
-        new, old = make_packer(), make_packer()
-        split, solo = TimedSplit(0, W), TimedSplit(0, 1)
-        for s in leaf_streams(old.stream): s.split = solo                      # today's: one rank renders everything
-        ld = DataLoader(new, b, 0, W, split=split)
-        runs[W] = [(ld.next_microbatch, split, blocks), (lambda p=old, W=W: todays_microbatch(p, b, W), solo, blocks * W)]
-        for step, sp, _ in runs[W]:
-            n0 = sp.blocks
-            while sp.blocks == n0: step()                                       # past the first fill, up to a block edge
+        new = DataLoader(make_packers(lanes), b, 0, W, owned=[v for v in range(lanes) if v % W == 0])
+        old = make_packers(1)[0]
+        runs[W] = [(new._build, mbs), (lambda p=old, W=W: todays_microbatch(p, b, W), max(2, mbs // W))]
+        for (step, _), packers in zip(runs[W], ([new.lanes[v] for v in new.owned], [old])):
+            while min(p.stats.consumed for p in packers) < 3 * packers[0].buffer_size: step()   # to the steady state
     done = {W: [[0, 0.0], [0, 0.0]] for W in worlds}
     for _ in range(rounds):
         for W in worlds:
-            for acc, (step, sp, n) in zip(done[W], runs[W]):
-                k, dt = timed_blocks(step, sp, n); acc[0] += k; acc[1] += dt
+            for acc, (step, n) in zip(done[W], runs[W]):
+                t0 = time.perf_counter()
+                for _ in range(n): step()
+                acc[0] += n; acc[1] += time.perf_counter() - t0
     return {W: tuple(k * b * T / dt for k, dt in done[W]) for W in worlds}
 
-def uniform_shard(data_dir, row_group_docs=128, seed=0):
-    """The embedded corpus shuffled into one shard of equal row groups, as web-scale pretraining shards are laid out (the
-    standard library's files, in module order, alternate row groups of 256 and ~80 documents: with 12 row groups, rank
-    0 of W=2 would always draw the big ones, which measures that corpus's imbalance, not the loader)."""
+def uniform_shard(data_dir, row_group_docs=50, copies=4, seed=0):
+    """The embedded corpus, `copies` times, shuffled into one shard of equal row groups, as web-scale pretraining shards
+    are laid out: 160 row groups, so that each of 8 lanes reads only its own (at least 16 each), as it would on FineWeb's
+    shards, instead of every 8th document of every row group (the embedded corpus has 12 row groups of 38 to 256)."""
     import tempfile
     import pyarrow as pa, pyarrow.parquet as pq
     from nanolit.corpus import iter_texts
-    texts = list(iter_texts(data_dir, 'train'))
+    texts = list(iter_texts(data_dir, 'train')) * copies
     np.random.default_rng(seed).shuffle(texts)
     out = tempfile.mkdtemp(prefix='nanolit_bench_')
     pq.write_table(pa.table({'text': texts}), f'{out}/train_00000.parquet', row_group_size=row_group_docs)
@@ -175,20 +152,22 @@ def main():
           f"({ratios[worst]:.1f}x vs linear-scan best fit)")
 
     from nanolit.data import DocumentStream
-    from nanolit.tasks import build_mixture_stream, mixture_spec
+    from nanolit.tasks import mixture_spec, mixture_streams
     shard = uniform_shard(data_dir)
-    docs = lambda: BestFitPacker(DocumentStream(shard, 'train', tok, max_len=T + 1), T, 'crop', buffer_size=1000)
-    scaling = per_rank_scaling(docs, (1, 2, 4, 8))
+    docs = lambda S: [BestFitPacker(DocumentStream(shard, 'train', tok, max_len=T + 1, lane=v, lanes=S), T, 'crop', 1000)
+                      for v in range(S)]
+    scaling = per_rank_scaling(docs, (1, 2, 3, 4, 8))
     for W, (new, old) in scaling.items():
-        print(f"pretraining loader, a rank of W={W}: split {new:11,.0f} tok/s per rank ({new / scaling[1][0]:.2f}x W=1) | "
-              f"today's design {old:11,.0f} tok/s ({old / scaling[1][1]:.2f}x W=1)")
-    mix = lambda: BestFitPacker(build_mixture_stream(mixture_spec('default', 'train'), tok, T + 1, 'assistant',
-                                                     DocumentStream(shard, 'train', tok, max_len=T + 1), 0.3), T, 'pad', 100)
-    conv = per_rank_scaling(mix, (1, 8), rounds=3, blocks=2)
-    print(f"conversation loader (pad, default mixture + 30% replay): W=8 split {conv[8][0]:,.0f} tok/s per rank "
-          f"({conv[8][0] / conv[1][0]:.2f}x W=1) | today's design {conv[8][1]:,.0f} ({conv[8][1] / conv[1][1]:.2f}x W=1)")
+        print(f"pretraining loader, rank 0 of W={W}: lanes {new:11,.0f} tok/s ({new / scaling[1][0]:.2f}x W=1) | "
+              f"first design {old:11,.0f} tok/s ({old / scaling[1][1]:.2f}x W=1)")
+    spec = mixture_spec('default', 'train')
+    replay = lambda v, S: DocumentStream(shard, 'train', tok, max_len=T + 1, lane=v, lanes=S)
+    mix = lambda S: [BestFitPacker(s, T, 'pad', 100) for s in mixture_streams(spec, tok, T + 1, 'assistant', replay, 0.3, lanes=S)]
+    conv = per_rank_scaling(mix, (1, 8), rounds=2)
+    print(f"conversation loader (pad, default mixture + 30% replay): W=8 lanes {conv[8][0]:,.0f} tok/s per rank "
+          f"({conv[8][0] / conv[1][0]:.2f}x W=1) | first design {conv[8][1]:,.0f} ({conv[8][1] / conv[1][1]:.2f}x W=1)")
     new8, new1, old8, old1 = scaling[8][0], scaling[1][0], scaling[8][1], scaling[1][1]
-    print(f"per-rank loader tokens/s at W=8: {new8:,.0f} tok/s ({new8 / new1:.2f}x vs W=1; today's design {old8 / old1:.2f}x)")
+    print(f"per-rank loader tokens/s at W=8: {new8:,.0f} tok/s ({new8 / new1:.2f}x vs W=1; first design {old8 / old1:.2f}x)")
 
 if __name__ == '__main__':
     main()

@@ -15,9 +15,9 @@ from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
 from .schedules import PROGRESS_SCHEDULES, lr_rewarm_cosine, lr_mid, muon_momentum
 from .stage import (add_common_args, add_source_args, check_source_finished, eval_loader_factory, inherit, open_run,
-                           pretrain_loader, require_shards, restore_rng, source_flags,
+                           loader_lanes, pretrain_loader, require_shards, restore_rng, source_flags,
                            run_stage, stage_main)
-from .tasks import build_mixture_stream, mixture_spec
+from .tasks import mixture_spec, mixture_streams
 from .train import TrainConfig
 
 # %% auto #0
@@ -42,11 +42,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--init-lr-frac', type=float, default=1.0, help='learning rates as a fraction of the inherited ones')
     return add_common_args(p, 'mid')
 
-def mixture_loader(spec, tok, T, info, b, replay_dir, replay_ratio, mask_mode, state=None, prefetch=2, buffer_size=100):
-    "A pad-mode loader over a mixture spec, with replay of `replay_dir` text at `replay_ratio` of the tokens."
-    replay = DocumentStream(replay_dir, 'train' if mask_mode != 'val' else 'val', tok, max_len=T + 1) if replay_ratio > 0 else None
-    stream = build_mixture_stream(spec, tok, T + 1, 'all' if mask_mode == 'val' else mask_mode, replay, replay_ratio)
-    return DataLoader(BestFitPacker(stream, T, 'pad', buffer_size), b, info.rank, info.world_size, info.device, prefetch, state)
+def mixture_loader(spec, tok, T, info, b, replay_dir, replay_ratio, mask_mode, state=None, prefetch=2, buffer_size=100,
+                   lanes=0):
+    "A pad-mode loader over a mixture spec, with replay of `replay_dir` text at `replay_ratio` of the tokens, in lanes."
+    S, split = loader_lanes(state, lanes, info), 'train' if mask_mode != 'val' else 'val'
+    replay = (lambda v, S: DocumentStream(replay_dir, split, tok, max_len=T + 1, lane=v, lanes=S)) if replay_ratio > 0 else None
+    streams = mixture_streams(spec, tok, T + 1, 'all' if mask_mode == 'val' else mask_mode, replay, replay_ratio, lanes=S)
+    return DataLoader([BestFitPacker(s, T, 'pad', buffer_size) for s in streams], b, info.rank, info.world_size, info.device,
+                      prefetch, state)
 
 # %% ../nbs/13_midtrain.ipynb #24d4843e
 def conversation_stage(stage: str, args, config: dict, source: str, mask: str, schedule, mixture_kwargs: dict,
@@ -93,7 +96,7 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
                       max_seq_len=T, eval_every=config['eval_every'], eval_tokens=config['eval_tokens'],
                       save_every=config['save_every'], keep_last=config['keep_last'], dtype=args.dtype or None,
                       compile=bool(args.compile), dry_run=args.dry_run, lr_schedule=schedule, momentum_schedule=momentum_schedule)
-    loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state)
+    loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state, lanes=args.loader_lanes)
     val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0), cfg, info)}
     if replay_dir:   # forgetting: the pretraining validation text, scored as in pretraining
         val['replay'] = eval_loader_factory(lambda: pretrain_loader(replay_dir, 'val', tok, T, info, b, prefetch=0), cfg, info)

@@ -16,13 +16,14 @@ import torch
 
 from .checkpoint import RunLock, any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
 from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
-from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream
+from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream, default_lanes, state_lanes
 from .train import TrainConfig, train
 
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args', 'source_flags',
-           'resolve_resume', 'supersede_after', 'open_run', 'inherit', 'check_source_finished', 'pretrain_loader',
-           'eval_loader_factory', 'write_stage_report', 'run_stage', 'stage_main', 'require_shards', 'restore_rng']
+           'resolve_resume', 'supersede_after', 'open_run', 'inherit', 'check_source_finished', 'loader_lanes',
+           'pretrain_loader', 'eval_loader_factory', 'write_stage_report', 'run_stage', 'stage_main', 'require_shards',
+           'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
 def num_iterations_arg(s: str) -> int:
@@ -50,6 +51,8 @@ def add_common_args(p: argparse.ArgumentParser, stage: str):
     g.add_argument('--device-batch-size', type=int, default=None, help='rows per micro-batch per rank')
     g.add_argument('--total-batch-size', type=int, default=None, help='tokens per optimizer step')
     g.add_argument('--num-iterations', type=num_iterations_arg, default=-1, help='optimizer steps (-1: the stage decides)')
+    g.add_argument('--loader-lanes', type=int, default=0, help='packers whose rows interleave into the global batches; '
+                   'a run keeps its own when resumed (0: 8, or the world size if larger)')
     g = p.add_argument_group('optimizer')
     for name, help in (('embedding-lr', 'AdamW LR of the embeddings'), ('unembedding-lr', 'AdamW LR of the lm_head'),
                        ('matrix-lr', 'Muon LR of the matrices'), ('scalar-lr', 'AdamW LR of the residual scalars'),
@@ -178,10 +181,19 @@ def check_source_finished(src_meta: dict, source: str, step_named: bool, step_fl
                      "to start from it anyway")
 
 # %% ../nbs/11_stage.ipynb #908161ca
-def pretrain_loader(data_dir, split, tokenizer, T, info: DistInfo, device_batch_size, state=None, prefetch=2):
-    "A crop-mode loader of pretraining documents, cut into BOS-led pieces of at most a row."
-    packer = BestFitPacker(DocumentStream(data_dir, split, tokenizer, max_len=T + 1), T, 'crop', buffer_size=1000)
-    return DataLoader(packer, device_batch_size, info.rank, info.world_size, info.device, prefetch, state)
+def loader_lanes(state: dict | None, lanes: int, info: DistInfo) -> int:
+    "The lanes of a stage's loader: a resumed run's own, else `--loader-lanes`, else `default_lanes` of the world size."
+    n = state_lanes(state, lanes or default_lanes(info.world_size))
+    if state is not None and lanes and lanes != n: print0(f"--loader-lanes {lanes} ignored: the run continues with its {n} lanes")
+    return n
+
+def pretrain_loader(data_dir, split, tokenizer, T, info: DistInfo, device_batch_size, state=None, prefetch=2, lanes=0):
+    "A crop-mode loader of pretraining documents cut into BOS-led pieces of at most a row, one packer per lane."
+    S = loader_lanes(state, lanes, info)
+    streams = [DocumentStream(data_dir, split, tokenizer, max_len=T + 1, lane=v, lanes=S) for v in range(S)]
+    # nanochat's buffer of 1,000 documents, per lane; a larger buffer than a lane's documents would only hold repeats
+    packers = [BestFitPacker(s, T, 'crop', buffer_size=min(1000, s.lane_docs)) for s in streams]
+    return DataLoader(packers, device_batch_size, info.rank, info.world_size, info.device, prefetch, state)
 
 def eval_loader_factory(make_loader, cfg: TrainConfig, info: DistInfo):
     "A function returning (a fresh loader, number of batches for `cfg.eval_tokens`), as `train` expects."

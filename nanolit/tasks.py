@@ -22,7 +22,7 @@ from .data import Item, _item
 __all__ = ['LETTERS', 'TASKS', 'Task', 'load_rows', 'HubTask', 'SmolTalk', 'multiple_choice_conversation', 'MMLU', 'ARC',
            'gsm8k_parts', 'extract_final_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON', 'word_list',
            'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
-           'draw_mixture_rows', 'mixture_spec', 'build_task', 'build_mixture_stream']
+           'draw_mixture_rows', 'mixture_spec', 'build_task', 'mixture_streams', 'build_mixture_stream']
 
 # %% ../nbs/08_tasks.ipynb #db740297
 class Task:
@@ -333,26 +333,34 @@ def build_task(entry: dict) -> Task:
     entry.pop('epochs', None); entry.pop('weight', None)
     return TASKS[name](**entry)
 
-def build_mixture_stream(spec: list[dict], tokenizer, max_tokens: int, mask_mode: str, replay=None,
-                         replay_ratio: float = 0.0, seed: int = 42):
-    "A stream for a spec: tasks by rows (TaskMixture) or by token weights, plus `replay` at `replay_ratio` of tokens."
+def mixture_streams(spec: list[dict], tokenizer, max_tokens: int, mask_mode: str, replay=None, replay_ratio: float = 0.0,
+                    seed: int = 42, lanes: int = 1) -> list:
+    """One stream per lane for a spec: tasks by rows (a TaskMixture) or by token weights, plus `replay(lane, lanes)` (a
+    stream of pretraining text) at `replay_ratio` of the tokens. The tasks are built once and shared by the lanes."""
     from nanolit.data import TaskStream
     if not 0 <= replay_ratio < 1: raise ValueError(f"--replay-ratio must be in [0, 1), got {replay_ratio}")
     if not spec: raise ValueError("the mixture is empty: list at least one task (or use --mixture default)")
     weighted = [e for e in spec if 'weight' in e]
     if weighted and len(weighted) != len(spec): raise ValueError("give every task of the mixture a weight, or none")
     if weighted:
-        streams = {f"{i}:{e['task']}": TaskStream(TaskMixture([build_task(e)] * e.get('epochs', 1), seed), tokenizer, max_tokens, mask_mode)
+        sources = {f"{i}:{e['task']}": (TaskMixture([build_task(e)] * e.get('epochs', 1), seed), float(e['weight']))
                    for i, e in enumerate(spec)}
-        weights = {k: float(e['weight']) for k, e in zip(streams, spec)}
     else:
-        tasks = [t for e in spec for t in [build_task(e)] * int(e.get('epochs', 1))]
-        mix = TaskMixture(tasks, seed)
+        mix = TaskMixture([t for e in spec for t in [build_task(e)] * int(e.get('epochs', 1))], seed)
         if len(mix) == 0: raise ValueError("the mixture is empty: its tasks have no examples")
-        streams, weights = {'tasks': TaskStream(mix, tokenizer, max_tokens, mask_mode)}, {'tasks': 1.0}
-    if replay_ratio > 0:
-        if replay is None: raise ValueError("a replay ratio needs pretraining data to replay")
-        total = sum(weights.values())
-        weights = {k: w / total * (1 - replay_ratio) for k, w in weights.items()}
-        streams['replay'], weights['replay'] = replay, replay_ratio
-    return MixtureStream(streams, weights, progress_streams=[k for k in streams if k != 'replay'])
+        sources = {'tasks': (mix, 1.0)}
+    if replay_ratio > 0 and replay is None: raise ValueError("a replay ratio needs pretraining data to replay")
+    total = sum(w for _, w in sources.values())
+    out = []
+    for v in range(lanes):
+        streams = {k: TaskStream(t, tokenizer, max_tokens, mask_mode, lane=v, lanes=lanes) for k, (t, _) in sources.items()}
+        weights = {k: w / total * (1 - replay_ratio) for k, (_, w) in sources.items()}
+        if replay_ratio > 0: streams['replay'], weights['replay'] = replay(v, lanes), replay_ratio
+        out.append(MixtureStream(streams, weights, progress_streams=[k for k in streams if k != 'replay']))
+    return out
+
+def build_mixture_stream(spec: list[dict], tokenizer, max_tokens: int, mask_mode: str, replay=None,
+                         replay_ratio: float = 0.0, seed: int = 42):
+    "A single stream (one lane) for a spec, with the stream `replay` at `replay_ratio` of the tokens."
+    return mixture_streams(spec, tokenizer, max_tokens, mask_mode, None if replay is None else lambda v, S: replay,
+                           replay_ratio, seed)[0]

@@ -1,7 +1,7 @@
-"""The loader's split rendering under a real 3-process torchrun on the CPU (gloo): same rows as one process, 1/W of the work."""
+"""The loader's lanes under a real 3-process torchrun on the CPU (gloo): each rank packs its own lanes, the rows are one process's."""
 from conftest import WORKERS, run, torchrun_cmd
 
-def test_three_ranks_render_a_third_and_get_todays_rows():
+def test_three_ranks_pack_their_own_lanes_and_get_one_process_rows():
     res = run(torchrun_cmd(3, WORKERS / 'data_ddp.py'), timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out

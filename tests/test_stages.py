@@ -79,8 +79,10 @@ def test_compiled_training_matches_eager(base_dir):
     print(f"base compiled vs eager: per-step loss max rel diff {rel:.2e}, final params (per-tensor L2) {prm:.2e}, "
           f"matrices only {mat:.2e}")
     # The compiler rounds in other places (gradients differ by ~1e-6 relative). The x0 lambdas start at zero and Adam
-    # normalises their tiny, sign-sensitive gradients, so they differ most (~4e-4 measured); the matrices ~1e-5.
-    assert len(lc) == len(le) == 4 and rel <= 1e-5 and mat <= 1e-4 and prm <= 2e-3
+    # normalises their tiny, sign-sensitive gradients, so they differ most (~1e-3 measured). Of the matrices, the output
+    # projections (c_proj) start at zero too, so after 4 steps their relative differences are the largest: 6.6e-5 on
+    # one loader lane's rows, 1.2e-4 on the default 8 lanes' (measured); the others ~1e-5.
+    assert len(lc) == len(le) == 4 and rel <= 1e-5 and mat <= 3e-4 and prm <= 2e-3
 
 @pytest.fixture(scope='module')
 def with_base(base_dir):
