@@ -25,7 +25,8 @@ __all__ = ['INHERITED', 'parser', 'mixture_loader', 'conversation_stage', 'main'
 
 # %% ../nbs/13_midtrain.ipynb #e4e16ecf
 INHERITED = ('max_seq_len', 'device_batch_size', 'total_batch_size', 'embedding_lr', 'unembedding_lr', 'matrix_lr',
-             'scalar_lr', 'adam_beta1', 'adam_beta2')   # not the weight decay: base ends it at 0, mid and SFT keep 0
+             'scalar_lr', 'adam_beta1', 'adam_beta2',   # not the weight decay: base ends it at 0, mid and SFT keep 0
+             'fp8', 'fp8_recipe', 'fp8_emulate')        # a model trained in FP8 continues in FP8 unless told
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='nanolit_midtrain', description='Midtrain a base checkpoint on a task mixture with replay.')

@@ -17,6 +17,7 @@ import torch
 from .checkpoint import RunLock, any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
 from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
 from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream, default_lanes, state_lanes
+from .fp8 import RECIPES, enable_fp8
 from .train import TrainConfig, train
 
 # %% auto #0
@@ -39,13 +40,20 @@ def positive_int(s: str) -> int:
     return n
 
 def add_common_args(p: argparse.ArgumentParser, stage: str):
-    "The flags every stage takes (runtime, batch, horizon, optimizer, evaluation, checkpoints, logging)."
+    "The flags every stage takes (runtime and FP8, batch, horizon, optimizer, evaluation, checkpoints, logging)."
     g = p.add_argument_group('runtime')
     g.add_argument('--run', default='dummy', help="wandb run name ('dummy' disables wandb)")
     g.add_argument('--device-type', default='', help='cuda|cpu|mps (empty = autodetect)')
     g.add_argument('--dtype', default='', help='float32|bfloat16 (empty = bf16 on CUDA, fp32 elsewhere)')
     g.add_argument('--compile', type=int, default=0, help='torch.compile the model (1) or not (0)')
     g.add_argument('--seed', type=int, default=42)
+    g.add_argument('--fp8', type=int, choices=[0, 1], default=None, help='1: the large linears train in FP8 where the GPU '
+                   'has FP8 tensor cores (compute capability 8.9+; elsewhere a warning and the usual precision); mid '
+                   "and SFT inherit the base run's choice (default 0)")
+    g.add_argument('--fp8-recipe', choices=RECIPES, default=None, help='tensorwise: one scale per tensor (faster, the '
+                   'default); rowwise: one per row (more accurate; compute capability 9.0+)')
+    g.add_argument('--fp8-emulate', type=int, choices=[0, 1], default=None, help='1: FP8 numerics on any device, the '
+                   'matmuls done on dequantised float8 values (slow: for tests and the course)')
     g = p.add_argument_group('batch and horizon')
     g.add_argument('--max-seq-len', type=int, default=None, help='context length')
     g.add_argument('--device-batch-size', type=int, default=None, help='rows per micro-batch per rank')
@@ -220,7 +228,12 @@ def write_stage_report(run_dir: Path, stage: str, summary: dict, meta: dict):
 
 def run_stage(stage: str, model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: TrainConfig, run_dir: Path,
               meta: dict, token_bytes, resume: dict | None, run_name: str, lock: RunLock | None = None) -> dict:
-    "wandb + `train` + report, then release the run directory's lock; returns the summary."
+    """FP8 linears when the flags ask (before `train` compiles the model; the optimizer keeps the same parameters), wandb,
+    `train` and the report, then release the run directory's lock; returns the summary."""
+    flags = meta.get('user_config', {})
+    n_fp8 = enable_fp8(model, info.device, bool(flags.get('fp8')), flags.get('fp8_recipe') or 'tensorwise',
+                       bool(flags.get('fp8_emulate')))
+    if n_fp8: meta.setdefault('effective', {})['fp8_linears'] = n_fp8
     wandb_run = init_wandb(run_name, f'nanolit-{stage}', meta.get('user_config'), info.is_primary)
     try:
         summary = train(model, optimizer, loader, val_loaders, info, cfg, run_dir, meta, token_bytes, resume, wandb_run)

@@ -19,6 +19,7 @@ import torch
 from .checkpoint import last_checkpoint, list_steps, load_checkpoint, save_checkpoint
 from .common import DistInfo, all_reduce, autocast_context, compute_mfu, device_peak_flops, get_dtype, in_notebook, print0
 from .data import count_targets
+from .fp8 import disable_fp8
 
 # %% auto #0
 __all__ = ['evaluate_bpb', 'TrainConfig', 'StopRequest', 'LoopState', 'train', 'peak_memory_mib']
@@ -146,7 +147,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
     def evaluate():
         for name, make in val_loaders.items():
             batches, steps = make()
-            with autocast: bpb = evaluate_bpb(model, batches, steps, token_bytes)
+            with disable_fp8(model), autocast: bpb = evaluate_bpb(model, batches, steps, token_bytes)   # FP8 trains, bf16 evaluates
             st.val[name] = bpb
             if name == next(iter(val_loaders)): st.min_val_bpb = min(st.min_val_bpb, bpb)
         print0(f"step {st.step:05d} | " + ' | '.join(f"val {k} bpb {v:.4f}" for k, v in st.val.items()))

@@ -87,3 +87,6 @@ def base_dir(tmp_path, monkeypatch):
 
 # Worker scripts run under torchrun, and the stress script is opt-in: neither is collected as a test module.
 collect_ignore = ['workers', 'stress_torchrun.py']
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'gpu: needs a CUDA GPU; skipped without one (tests/test_gpu.py, run by bench/gpu_check.sh)')
