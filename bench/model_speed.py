@@ -17,6 +17,12 @@ kept for reuse (chapter 00; `THP_MEM_ALLOC_ENABLE=0` or `MALLOC_MMAP_MAX_=65536`
 off, to measure without). Before timing, the compiled model's first loss is checked against the eager model's.
 Then a profile of the compiled step says where the time goes: matmuls (and the rate they ran at, against the
 sgemm baseline), attention, the compiler's fused elementwise kernels, the optimizer, the rest.
+Memory, two ways. The model's own: the most tensor memory one warm training step holds at once beyond the parameters
+and the optimizer state (which the two models share to a few KB), i.e. activations kept for backward, gradients and
+temporaries, summed from the profiler's allocation events, eager and compiled; it is exact and the same in every run.
+The process's: its peak resident size, which also holds the interpreter, the compiler's own memory and the freed pages
+the tuned allocator keeps; it moved by up to ±10% between runs of the same model (1,635-1,956 MiB), far more than any
+difference between the two models, so it is printed for scale, not to compare them.
 Last line (the headline): the default model's compiled step in tokens/s and its ratio to the previous model's.
 """
 import argparse
@@ -26,6 +32,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 
@@ -58,6 +65,17 @@ def tokens_per_s(step, tokens, steps, warmup):
     for _ in range(steps):
         t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
     return tokens / statistics.median(times)
+
+def step_peak_mib(step) -> float:
+    "MiB: the most tensor memory `step()` holds at once beyond what was live before it (the profiler's allocations)."
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: step()
+    with tempfile.NamedTemporaryFile(suffix='.json') as f:
+        prof.export_chrome_trace(f.name); events = json.load(open(f.name))['traceEvents']
+    live = peak = 0   # a free of a tensor older than the profile is not reported, so `live` starts at 0
+    for e in sorted((e for e in events if e.get('name') == '[memory]'), key=lambda e: e['ts']):
+        live += e['args']['Bytes']; peak = max(peak, live)
+    return peak / 2 ** 20
 
 def where_time_goes(step, steps=2):
     "Self time per step by kind of work, from the profiler."
@@ -98,6 +116,11 @@ def measure(args, variant: str) -> dict:
         out.update(compile_s=time.perf_counter() - t0, loss_c=loss_c, loss_e=loss_e)
         if args.adamw: out['compiled_adamw'] = tokens_per_s(make_step(model, compiled, x, y, adamw=True), tokens, args.steps, warmup=2)
     out['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before the profiler's own memory
+    eager_model = GPT(cfg); eager_step = make_step(eager_model, eager_model, x, y)
+    for _ in range(2): eager_step()   # warm: the optimizer's state exists, as in the timed steps
+    out['step_mib'] = {'eager': step_peak_mib(eager_step)}
+    del eager_step, eager_model
+    if not args.no_compile: out['step_mib']['compiled'] = step_peak_mib(step)
     if not args.no_compile and not args.no_profile and variant == 'default': out['profile'] = where_time_goes(step)
     return out
 
@@ -135,8 +158,11 @@ def main():
     for mode in modes:
         print(f"{mode:15s} default {new[mode]:8,.0f} tok/s (MFU vs sgemm {new[mode] * fpt / peak:.2f})   previous "
               f"{old[mode]:8,.0f} tok/s   ratio {new[mode] / old[mode]:.3f}")
-    print(f"peak resident memory: default {new['peak_mib']:,.0f} MiB, previous {old['peak_mib']:,.0f} MiB "
-          f"(ratio {new['peak_mib'] / old['peak_mib']:.3f})")
+    print("peak tensor memory of a warm training step (activations, gradients, temporaries): " + "; ".join(
+        f"{mode} default {new['step_mib'][mode]:,.1f} MiB, previous {old['step_mib'][mode]:,.1f} MiB "
+        f"(ratio {new['step_mib'][mode] / old['step_mib'][mode]:.3f})" for mode in new['step_mib']))
+    print(f"peak resident memory of each process (for scale: ±10% run to run): default {new['peak_mib']:,.0f} MiB, "
+          f"previous {old['peak_mib']:,.0f} MiB (ratio {new['peak_mib'] / old['peak_mib']:.3f})")
     if args.no_compile:
         print(f"eager train step: {new['eager']:,.0f} tok/s ({new['eager'] / old['eager']:.2f}x vs previous model)")
         return

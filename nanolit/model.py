@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
@@ -344,6 +345,14 @@ class GPT(nn.Module):
         gate = self.smear_lambda * torch.sigmoid(self.smear_gate(x[..., :self.smear_gate.in_features]))
         return x + gate * torch.cat([first, x[:, :-1]], dim=1)
 
+    def embed(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        "The normalised token embeddings, smeared when the smear is on: the `x0` every layer mixes back in."
+        e = self.wte(idx)
+        if self.smear_gate is None: return norm(e)
+        if kv_cache is not None or not torch.is_grad_enabled(): return self.smear(norm(e), kv_cache)
+        # training: keep only `e` for the backward pass, which redoes the norm and the smear (see the chapter)
+        return checkpoint(lambda e: self.smear(norm(e)), e, use_reentrant=False, preserve_rng_state=False)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 loss_reduction: str = 'mean'):
         "Logits (B, T, vocab) in float32; or, with `targets` (−1 = ignore), the cross-entropy reduced by `loss_reduction`."
@@ -352,8 +361,7 @@ class GPT(nn.Module):
         if t0 + T > self.rotary_len:
             raise ValueError(f"sequence of {t0 + T} positions is longer than this model supports ({self.rotary_len})")
         cos, sin = self.cos[t0:t0 + T], self.sin[t0:t0 + T]
-        x = norm(self.wte(idx))
-        if self.smear_gate is not None: x = self.smear(x, kv_cache)
+        x = self.embed(idx, kv_cache)
         x0, halfway = x, None
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
