@@ -20,7 +20,8 @@ from .checkpoint import get_run_dir, newest_intact
 from .common import get_base_dir, in_notebook, parse_args, print0
 
 # %% auto #0
-__all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'write_report', 'StageStopped', 'run_speedrun', 'main']
+__all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'write_report', 'StageStopped', 'threads_per_process',
+           'run_speedrun', 'main']
 
 # %% ../nbs/17_speedrun.ipynb #4b01c4f7
 _SMALL = dict(depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64, device_batch_size=4, total_batch_size=512,
@@ -140,9 +141,15 @@ class StageStopped(Exception):
     "A speedrun step that a signal stopped (its checkpoint is saved): not a failure, and not a finish."
     def __init__(self, signum: int, msg: str): super().__init__(msg); self.signum = signum
 
-def _run_forwarding_signals(cmd: list[str]) -> int:
-    "Run `cmd`, passing SIGTERM/SIGINT sent to this process on to it (so that it saves); its exit code."
-    proc = subprocess.Popen(cmd, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+def threads_per_process(nproc: int) -> int:
+    """The CPU threads each of a step's `nproc` processes uses: `OMP_NUM_THREADS` where the user set it, else the cores
+    shared out. Set explicitly because torch's default (every core, in every process) oversubscribes the host as soon as
+    two processes run, or anything else does: a busy machine then runs a step several times slower."""
+    return int(os.environ.get('OMP_NUM_THREADS') or max(1, (os.cpu_count() or 1) // nproc))
+
+def _run_forwarding_signals(cmd: list[str], threads: int) -> int:
+    "Run `cmd` with `threads` CPU threads, passing SIGTERM/SIGINT sent to this process on to it (so that it saves); its exit code."
+    proc = subprocess.Popen(cmd, env={**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': str(threads)})
     forward = lambda signum, frame: proc.send_signal(signum)
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if not in_notebook() else {}
     try: return proc.wait()
@@ -169,9 +176,10 @@ def run_speedrun(preset: str = 'cpu', tag: str | None = None, log=print) -> dict
     for name, module, args, nproc in plan(p, tag):
         if step_done(name, tag, p['vocab_size']):
             log(f"[speedrun] {name}: done already, skipped"); continue
-        log(f"[speedrun] {name}: {' '.join(_cmd(module, args, nproc)[1:])}")
+        threads = threads_per_process(nproc)
+        log(f"[speedrun] {name} ({nproc} × {threads} threads): {' '.join(_cmd(module, args, nproc)[1:])}")
         t0 = time.time()
-        rc = _run_forwarding_signals(_cmd(module, args, nproc))
+        rc = _run_forwarding_signals(_cmd(module, args, nproc), threads)
         timings[name] = timings.get(name, 0) + time.time() - t0
         out_dir.mkdir(parents=True, exist_ok=True); times_file.write_text(json.dumps(timings))
         if rc != 0:

@@ -150,7 +150,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
             with disable_fp8(model), autocast: bpb = evaluate_bpb(model, batches, steps, token_bytes)   # FP8 trains, bf16 evaluates
             st.val[name] = bpb
             if name == next(iter(val_loaders)): st.min_val_bpb = min(st.min_val_bpb, bpb)
-        print0(f"step {st.step:05d} | " + ' | '.join(f"val {k} bpb {v:.4f}" for k, v in st.val.items()))
+        print0(f"step {st.step:05d} | " + ' | '.join(f"val {'' if k == 'val' else k + ' '}bpb {v:.4f}" for k, v in st.val.items()))
         log({'step': st.step, **{f'val/{k}_bpb': v for k, v in st.val.items()}})
 
     stop, bar = StopRequest(watch_parent='TORCHELASTIC_RUN_ID' in os.environ), None
