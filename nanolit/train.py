@@ -211,7 +211,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
             debiased = st.loss_ema / (1 - 0.9 ** (st.step))
             tok_s = cfg.total_batch_size / dt
             mfu = compute_mfu(flops_per_token, tok_s, peak, info.world_size)
-            record = {'step': st.step, 'loss': loss, 'loss_ema': debiased, 'lrm': lrm, 'tokens': st.tokens, 'dt': dt,
+            momentum = next((g['momentum'] for g in optimizer.param_groups if g['kind'] == 'muon'), None)
+            record = {'step': st.step, 'loss': loss, 'loss_ema': debiased, 'lrm': lrm, 'momentum': momentum, 'tokens': st.tokens, 'dt': dt,
                       'tok_per_s': tok_s, 'mfu': mfu, 'epoch': loader.epoch, 'progress': loader.progress}
             log(record)
             if st.step == sigterm_after and info.is_primary: signal.raise_signal(signal.SIGTERM)
