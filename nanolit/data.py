@@ -216,6 +216,7 @@ def padding_start(row: np.ndarray, train: np.ndarray, bos: int) -> int:
 
 def draw_rows(rows: np.ndarray, train: np.ndarray, bos: int, ax=None, title: str = ''):
     "Draw packed rows: each item a coloured span starting at its BOS (tick), untrained tokens grey, padding crossed."
+    import matplotlib.pyplot as plt
     ax = ax or plt.gca()
     cmap = plt.get_cmap('tab20')
     for r, (row, tr) in enumerate(zip(rows, train)):
