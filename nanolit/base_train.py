@@ -13,7 +13,8 @@ import torch
 import nanolit.optim  # noqa: F401  (adds GPT.setup_optimizer)
 from .checkpoint import get_run_dir, load_checkpoint
 from .common import barrier, compute_init, in_notebook, parse_args, print0
-from .corpus import prepare_embedded_corpus
+from .corpus import iter_texts, prepare_embedded_corpus
+from .l3 import l3_allocation, training_sample
 from .model import GPT, build_model, config_from_depth
 from .schedules import base_muon_momentum, lr_warmup_constant_warmdown, weight_decay_schedule
 from .stage import (add_common_args, eval_loader_factory, open_run, positive_int, pretrain_loader, require_shards,
@@ -30,9 +31,9 @@ __all__ = ['B_REF', 'BASE_DEFAULTS', 'scaling_params', 'reference_tokens', 'auto
 B_REF = 2 ** 19   # tokens: the reference batch size, measured optimal at the d12 horizon (nanochat's `base_train.py`)
 
 def scaling_params(model: GPT) -> int:
-    "Parameters that count for the data:parameter ratio: transformer matrices + lm_head."
+    "Parameters that count for the data:parameter ratio: transformer matrices + lm_head (+ L3's dense matrices, not its tables)."
     n = model.num_scaling_params()
-    return n['transformer_matrices'] + n['lm_head']
+    return n['transformer_matrices'] + n['lm_head'] + n.get('l3_matrices', 0)
 
 def reference_tokens(vocab_size: int, ratio: float, **depth_kwargs) -> float:
     "D_ref: the d12 model's horizon in tokens at `ratio` (built on the meta device: nothing is allocated)."
@@ -62,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--head-dim', type=int, default=128)
     g.add_argument('--kv-ratio', type=int, default=1, help='query heads per key/value head')
     g.add_argument('--window-pattern', default='SSSL', help='S = sliding window, L = full context, tiled over layers')
+    g.add_argument('--l3-after-layers', default='', help='large lookup layers after these blocks, comma-separated '
+                   '(e.g. 1,3; empty = none): chapter 3a')
+    g.add_argument('--l3-n-emb', type=int, default=0, help='L3 rows per table (0 = 12 x depth x width)')
+    g.add_argument('--l3-d-up', type=int, default=0, help='L3 up-projection width (0 = 4 x width)')
+    g.add_argument('--l3-k-max', type=positive_int, default=512, help='the most L3 rows one token may own')
+    g.add_argument('--l3-tied', type=int, choices=[0, 1], default=0, help='1: one L3 table for keys and values')
+    g.add_argument('--l3-sample-tokens', type=positive_int, default=1_000_000, help='training tokens the L3 allocation '
+                   'is computed from')
     g = p.add_argument_group('data and horizon')
     g.add_argument('--data-dir', default='', help='directory of train_*/val_* parquet shards (default: embedded corpus)')
     g.add_argument('--target-flops', type=float, default=-1.0, help='training FLOPs to spend (-1 = off)')
@@ -86,10 +95,17 @@ def _main(argv=None) -> dict:
     data_dir = args.data_dir or prepare_embedded_corpus()
     T, b = config['max_seq_len'], config['device_batch_size']
     model_cfg = config_from_depth(args.depth, tok.get_vocab_size(), T, args.aspect_ratio, args.head_dim, args.kv_ratio,
-                                  args.window_pattern)
+                                  args.window_pattern, l3_after_layers=args.l3_after_layers, l3_n_emb=args.l3_n_emb,
+                                  l3_d_up=args.l3_d_up, l3_k_max=args.l3_k_max, l3_tied=bool(args.l3_tied))
     tag = args.model_tag or f'd{args.depth}'
     resume, lock = open_run('base', tag, config, args.resume, info, args.resume_from_step, args.dry_run)
     model = build_model(model_cfg, info.device)
+    if model_cfg.l3_after_layers and not resume:   # every rank computes the same allocation from the same sample
+        rows = l3_allocation(training_sample(iter_texts(data_dir), tok, args.l3_sample_tokens), model_cfg.vocab_size,
+                             model_cfg.l3_n_emb, model_cfg.l3_k_max)
+        for l3 in model.l3.values(): l3.set_allocation(rows.to(info.device))   # saved in the state dict from here on
+        print0(f"L3 after layers {model_cfg.l3_layers()}: {model_cfg.l3_n_emb:,} rows over {len(rows):,} tokens "
+               f"(1 to {int(rows.max())} each) from {args.l3_sample_tokens:,} training tokens")
     fpt, n_scaling = model.estimate_flops(), scaling_params(model)
     d_ref = reference_tokens(tok.get_vocab_size(), args.target_param_data_ratio if args.target_param_data_ratio > 0 else 12,
                              sequence_len=T, aspect_ratio=args.aspect_ratio, head_dim=args.head_dim)

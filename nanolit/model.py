@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .l3 import L3Layer
+
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
            'check_attention_dtypes', 'CausalSelfAttention', 'MLP', 'Block', 'loss_chunk_rows', 'softcap_ce_chunk',
@@ -41,6 +43,11 @@ class GPTConfig:
     smear: bool = True             # add a gated copy of the previous token's embedding to each position
     smear_channels: int = 24       # leading channels the smear gate reads
     backout: bool = True           # subtract a learned multiple of the halfway residual stream before the head
+    l3_after_layers: str = ''      # large lookup layers (chapter 3a) after these blocks, e.g. '1,3'; '' = none
+    l3_n_emb: int = 0              # rows in each L3 table; 0 = 12·n_layer·n_embd (a table as large as the blocks)
+    l3_d_up: int = 0               # L3 up-projection width; 0 = 4·n_embd
+    l3_k_max: int = 512            # the most rows one token may own
+    l3_tied: bool = False          # one table for the L3 keys and values
 
     def __post_init__(self):
         if self.n_embd % self.n_head: raise ValueError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head}")
@@ -51,6 +58,12 @@ class GPTConfig:
         for name in ('ve_gate_channels', 'smear_channels'):
             if getattr(self, name) > self.n_embd:
                 raise ValueError(f"{name} {getattr(self, name)} > n_embd {self.n_embd}: lower it (or turn the feature off)")
+        if self.l3_after_layers:   # resolve the derived sizes, so a saved config rebuilds the same model
+            bad = [i for i in self.l3_layers() if not 0 <= i < self.n_layer]
+            if bad: raise ValueError(f"l3_after_layers {self.l3_after_layers!r} names layers {bad} outside 0..{self.n_layer - 1}")
+            self.l3_n_emb = self.l3_n_emb or min(max(self.vocab_size, 12 * self.n_layer * self.n_embd),
+                                                 self.vocab_size * self.l3_k_max)
+            self.l3_d_up = self.l3_d_up or 4 * self.n_embd
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -64,6 +77,9 @@ class GPTConfig:
         "The attention window of each layer, in tokens seen (`sequence_len` for a full layer)."
         short = self.short_window or 128 * math.ceil(math.ceil(self.sequence_len / 4) / 128) + 1
         return [self.sequence_len if full else short for full in self.full_layers()]
+    def l3_layers(self) -> list[int]:
+        "The blocks after which an L3 layer adds to the residual stream."
+        return sorted({int(s) for s in self.l3_after_layers.split(',') if s.strip()})
     def has_value_embed(self, layer: int) -> bool:
         "Value embeddings (when on) on alternating layers, always including the last."
         return self.value_embeds and layer % 2 == (self.n_layer - 1) % 2
@@ -310,6 +326,8 @@ class GPT(nn.Module):
         self.smear_lambda = nn.Parameter(torch.zeros(1)) if config.smear else None
         # at ≤ 2 layers the halfway layer is the last: the final norm would cancel the backout, so there is none
         self.backout_lambda = nn.Parameter(torch.zeros(1)) if config.backout and config.n_layer > 2 else None
+        self.l3 = nn.ModuleDict({str(i): L3Layer(config.vocab_size, C, config.l3_n_emb, config.l3_d_up, config.l3_k_max,
+                                                 config.l3_tied) for i in config.l3_layers()})   # chapter 3a
         self.rotary_len = 2 * config.sequence_len   # room to generate past the training context
         self.register_buffer('cos', torch.empty(self.rotary_len, config.head_dim // 2), persistent=False)
         self.register_buffer('sin', torch.empty(self.rotary_len, config.head_dim // 2), persistent=False)
@@ -333,6 +351,7 @@ class GPT(nn.Module):
         self.resid_lambdas.copy_(1.15 - 0.10 * depth); self.x0_lambdas.copy_(0.20 - 0.15 * depth)
         if self.smear_gate is not None: nn.init.uniform_(self.smear_gate.weight, 0.0, 0.02); self.smear_lambda.zero_()
         if self.backout_lambda is not None: self.backout_lambda.fill_(0.2)
+        for l3 in self.l3.values(): l3.init_weights()
         cos, sin = rotary_cos_sin(self.rotary_len, c.head_dim, c.rope_base, device=self.cos.device)
         if c.rope_bf16: cos, sin = cos.bfloat16().float(), sin.bfloat16().float()
         self.cos.copy_(cos); self.sin.copy_(sin)
@@ -367,6 +386,7 @@ class GPT(nn.Module):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, cos, sin, ve, kv_cache)
+            if str(i) in self.l3: x = x + self.l3[str(i)](x, idx)   # per token: nothing to cache for generation
             if i == self.config.n_layer // 2: halfway = x
         if kv_cache is not None: kv_cache.pos += T
         if self.backout_lambda is not None: x = x - self.backout_lambda * halfway
@@ -407,6 +427,9 @@ def num_scaling_params(self: GPT) -> dict[str, int]:
            'scalars': count([self.resid_lambdas, self.x0_lambdas,   # as nanochat counts them (its gpt.py:407)
                              *[p for p in (self.smear_lambda, self.backout_lambda) if p is not None],
                              *([self.smear_gate.weight] if self.smear_gate is not None else [])])}
+    if len(self.l3):   # looked-up rows apart from the dense matrices every token multiplies by
+        out['l3_tables'] = count([p for l3 in self.l3.values() for p in l3.tables()])
+        out['l3_matrices'] = count([p for l3 in self.l3.values() for p in (l3.up.weight, l3.mix.weight)])
     out['total'] = sum(out.values())
     assert out['total'] == count(self.parameters()), "a parameter is missing from the groups"
     return out
@@ -417,7 +440,8 @@ def estimate_flops(self: GPT) -> float:
     matmul = self.num_scaling_params()['transformer_matrices'] + self.lm_head.weight.numel()
     if self.smear_gate is not None: matmul += self.smear_gate.weight.numel()
     attn = sum(12 * c.n_head * c.head_dim * min(w, c.sequence_len) for w in c.window_sizes())
-    return 6 * matmul + attn
+    l3 = sum(sum(l.flops_per_token().values()) for l in self.l3.values())   # dense matrices + the padded lookup
+    return 6 * matmul + attn + l3
 
 GPT.num_scaling_params, GPT.estimate_flops = num_scaling_params, estimate_flops
 

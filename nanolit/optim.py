@@ -197,10 +197,13 @@ def setup_optimizer(self: GPT, embedding_lr: float = 0.2, unembedding_lr: float 
               adam('value_embeds', [e.weight for e in self.value_embeds.values()], embedding_lr * s * 0.5, (0.8, 0.995), 0.01),
               adam('resid', [self.resid_lambdas], scalar_lr * 0.01, (0.8, 0.95), 0.05, scalar_eps),
               adam('x0', [self.x0_lambdas], scalar_lr, (0.96, 0.95), 0.0, scalar_eps),
-              adam('smear', smear, 0.2, (0.8, 0.95), 0.0, scalar_eps)]
+              adam('smear', smear, 0.2, (0.8, 0.95), 0.0, scalar_eps),
+              # L3 tables (chapter 3a): rows looked up by token id, sparse per step like the embeddings, so AdamW as they
+              # have; Muon would orthogonalise an update most of whose rows saw no token this step
+              adam('l3_tables', [p for l3 in self.l3.values() for p in l3.tables()], embedding_lr * s * 0.5, (0.8, 0.995), 0.01)]
     groups = [g for g in groups if g['params']]
     by_shape = defaultdict(list)
-    for p in self.blocks.parameters():
+    for p in [*self.blocks.parameters(), *(w for l3 in self.l3.values() for w in (l3.up.weight, l3.mix.weight))]:
         if p.ndim != 2: raise ValueError(f"unexpected {p.ndim}-D parameter in a block: give it a group")
         by_shape[tuple(p.shape)].append(p)
     for (r, c), params in sorted(by_shape.items()):

@@ -1,0 +1,73 @@
+"""Large lookup layers (chapter 3a) through the stages: an L3 base model trains, midtraining and chat rebuild it from the
+checkpoint (the allocation travels as a buffer in the state dict), greedy chat prints the engine's tokens, a SIGTERM
+and resume is bitwise the straight run, and 2 processes equal 1 process with twice the accumulation."""
+import io
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import MID, TINY, base_dir_with_tokenizer, losses, max_rel, meta, run, stage, weights
+
+L3 = ['--l3-after-layers', '0', '--l3-sample-tokens', '20000', '--l3-k-max', '16']
+SIGTERM_AFTER = 'NANOLIT_TEST_SIGTERM_AFTER_STEP'
+
+@pytest.fixture(scope='module')
+def bd(tmp_path_factory): return base_dir_with_tokenizer(tmp_path_factory, 'l3')
+
+@pytest.fixture(scope='module')
+def base_l3(bd):
+    "A 4-step L3 base run (tag l3): the checkpoint the other tests start from."
+    stage('nanolit.base_train', TINY + L3 + ['--num-iterations', '4', '--model-tag', 'l3'], bd)
+    return bd
+
+def test_base_saves_config_and_allocation(base_l3):
+    cfg = meta(base_l3, 'base_checkpoints', 'l3')['model_config']
+    assert cfg['l3_after_layers'] == '0' and cfg['l3_k_max'] == 16 and cfg['l3_n_emb'] == 12 * 2 * 64
+    w = weights(base_l3, 'base_checkpoints', 'l3')
+    rows = w['l3.0.bounds'].diff()
+    assert rows.sum() == cfg['l3_n_emb'] and rows.min() >= 1 and rows.max() <= 16 and rows.max() > rows.min()
+    assert w['l3.0.mix.weight'].abs().max() > 0   # trained away from its zero start
+
+def test_mid_and_chat_rebuild_the_model(base_l3, monkeypatch):
+    bd = base_l3
+    stage('nanolit.midtrain', MID + ['--model-tag', 'l3', '--num-iterations', '2', '--output-tag', 'l3m'], bd)
+    assert torch.equal(weights(bd, 'mid_checkpoints', 'l3m')['l3.0.bounds'], weights(bd, 'base_checkpoints', 'l3')['l3.0.bounds'])
+    res = run([sys.executable, '-m', 'nanolit.chat', '--source', 'mid', '--model-tag', 'l3m', '--prompt', 'hello',
+               '--temperature', '0', '--max-tokens', '12'], {'NANOLIT_BASE_DIR': str(bd)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    # the same checkpoint in this process: the engine's greedy reply, and greedy decoding without the KV cache
+    monkeypatch.setenv('NANOLIT_BASE_DIR', str(bd))
+    from nanolit.chat import stream_reply
+    from nanolit.checkpoint import load_model
+    from nanolit.engine import Engine
+    model, tok, _ = load_model('mid', 'cpu', 'eval', 'l3m')
+    engine, conv, out = Engine(model, tok), {'messages': [{'role': 'user', 'content': 'hello'}]}, io.StringIO()
+    stream_reply(engine, conv, out, temperature=0, max_tokens=12)
+    assert res.stdout == out.getvalue(), (res.stdout, out.getvalue())
+    prompt = tok.render_for_completion(conv)
+    cached = [c[0] for c, _ in engine.generate(prompt, 1, max_tokens=12, temperature=0)]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in cached: ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert ids[len(prompt):] == cached
+
+def test_sigterm_resume_is_bitwise(base_l3):
+    bd, args = base_l3, TINY + L3 + ['--num-iterations', '6']
+    stage('nanolit.base_train', args + ['--model-tag', 'l3straight'], bd)
+    stage('nanolit.base_train', args + ['--model-tag', 'l3stop'], bd, env={SIGTERM_AFTER: '3'}, expect=143)
+    assert meta(bd, 'base_checkpoints', 'l3stop')['signal'] == 15
+    stage('nanolit.base_train', args + ['--model-tag', 'l3stop'], bd)
+    assert losses(bd, 'base_checkpoints', 'l3stop') == losses(bd, 'base_checkpoints', 'l3straight')
+    a, b = weights(bd, 'base_checkpoints', 'l3stop'), weights(bd, 'base_checkpoints', 'l3straight')
+    assert all(torch.equal(a[k], b[k]) for k in b), [k for k in b if not torch.equal(a[k], b[k])]
+
+def test_two_processes_equal_one_with_twice_the_accumulation(base_l3):
+    bd, args = base_l3, TINY + L3 + ['--num-iterations', '3']
+    stage('nanolit.base_train', args + ['--model-tag', 'l3w2'], bd, nproc=2)   # 512 tokens = 2 ranks × 2 micro-batches
+    stage('nanolit.base_train', args + ['--model-tag', 'l3w1'], bd)           # = 1 rank × 4 micro-batches
+    two, one = losses(bd, 'base_checkpoints', 'l3w2'), losses(bd, 'base_checkpoints', 'l3w1')
+    assert len(one) == len(two) == 3
+    assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) <= 1e-5, (two, one)
+    assert max_rel(weights(bd, 'base_checkpoints', 'l3w2'), weights(bd, 'base_checkpoints', 'l3w1')) <= 1e-5
