@@ -40,7 +40,7 @@ def evaluate_task(task: Task, answer_fn, max_problems: int | None = None, rank: 
     correct, total, chance = counts.tolist()
     acc = correct / max(total, 1)
     base = chance / max(total, 1)
-    return {'task': type(task).__name__, 'problems': int(total), 'correct': int(correct), 'accuracy': acc,
+    return {'task': getattr(task, 'name', type(task).__name__), 'problems': int(total), 'correct': int(correct), 'accuracy': acc,
             'chance': base, 'centered': (acc - base) / (1 - base)}
 
 def centered_mean(results: list[dict]) -> float:
@@ -81,7 +81,7 @@ def make_eval_task(name: str, path: str | None = None, max_problems: int = 200) 
     if name == 'CustomJSON': return cls(path)
     if name == 'MMLU': return cls(subset='all', split='test', path=path)
     if name == 'GSM8K': return cls(split='test', path=path)
-    if name == 'ARC': return cls(subset='ARC-Challenge', split='test', path=path)
+    if name == 'ARC': raise ValueError("ARC is two tasks: name ARC-Easy or ARC-Challenge (or both, comma-separated)")
     return cls(split='test', path=path)
 
 def evaluate_model(model, tokenizer, task_names: str = DEFAULT_EVAL_TASKS, max_problems: int = 200, info=None,

@@ -20,9 +20,10 @@ from .data import Item, _item
 
 # %% auto #0
 __all__ = ['LETTERS', 'TASKS', 'Task', 'load_rows', 'HubTask', 'SmolTalk', 'multiple_choice_conversation', 'MMLU', 'ARC',
-           'gsm8k_parts', 'extract_final_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON', 'word_list',
-           'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
-           'draw_mixture_rows', 'mixture_spec', 'build_task', 'mixture_streams', 'build_mixture_stream']
+           'ARCEasy', 'ARCChallenge', 'gsm8k_parts', 'extract_final_number', 'same_number', 'GSM8K',
+           'identity_conversations_path', 'CustomJSON', 'word_list', 'GeneratedTask', 'SimpleSpelling', 'SpellingBee',
+           'Arithmetic', 'TaskMixture', 'MixtureStream', 'draw_mixture_rows', 'mixture_spec', 'build_task',
+           'mixture_streams', 'build_mixture_stream']
 
 # %% ../nbs/08_tasks.ipynb #db740297
 class Task:
@@ -98,9 +99,19 @@ class MMLU(HubTask):
 class ARC(HubTask):
     "AI2 ARC multiple choice (subsets 'ARC-Easy', 'ARC-Challenge'); rows: question, choices{text,label}, answerKey."
     hf_id, default_subset, eval_type = 'allenai/ai2_arc', 'ARC-Easy', 'categorical'
+    def __init__(self, subset=None, split='train', path=None, **kwargs):
+        super().__init__(subset, split, path, **kwargs)
+        self.name = subset or self.default_subset   # the two subsets are two tasks, reported apart
     def row_to_conversation(self, row):
         labels = list(row['choices']['label'])
         return multiple_choice_conversation(row['question'], list(row['choices']['text']), labels.index(row['answerKey']))
+
+class ARCEasy(ARC):
+    "ARC's easy subset, as a task of its own (`ARC-Easy`)."
+    default_subset = 'ARC-Easy'
+class ARCChallenge(ARC):
+    "ARC's challenge subset, as a task of its own (`ARC-Challenge`)."
+    default_subset = 'ARC-Challenge'
 
 # %% ../nbs/08_tasks.ipynb #ec279619
 def gsm8k_parts(answer: str) -> list[dict]:
@@ -124,6 +135,20 @@ def extract_final_number(text: str) -> str | None:
     nums = re.findall(r'-?\d[\d,]*\.?\d*', tail)
     return nums[-1 if '####' not in text else 0].replace(',', '').rstrip('.') if nums else None
 
+def same_number(a: str | None, b: str | None) -> bool:
+    """Whether two extracted answers are the same number: "3.50" is "3.5", "18.00" is "18", "$1,250" is "1250" (a
+    string comparison would fail a right answer for its formatting); anything that is not a number equals nothing.
+
+    >>> same_number('3.50', '3.5'), same_number('$1,250', '1250'), same_number('18.00', '18'), same_number('7', '-7')
+    (True, True, True, False)
+    """
+    from decimal import Decimal, InvalidOperation
+    def num(s):
+        try: return Decimal(s.replace(',', '').replace('$', '').strip().rstrip('.'))
+        except (InvalidOperation, AttributeError): return None
+    x, y = num(a), num(b)
+    return x is not None and y is not None and x == y
+
 class GSM8K(HubTask):
     "Grade-school math with calculator tool calls; rows: question, answer."
     hf_id, default_subset = 'openai/gsm8k', 'main'
@@ -132,7 +157,7 @@ class GSM8K(HubTask):
                              {'role': 'assistant', 'content': gsm8k_parts(row['answer'])}],
                 'answer': extract_final_number(row['answer'])}
     def evaluate(self, conversation, completion: str) -> bool:
-        return extract_final_number(completion) == conversation['answer']
+        return same_number(extract_final_number(completion), conversation['answer'])
 
 # %% ../nbs/08_tasks.ipynb #b5a7452c
 def identity_conversations_path() -> Path:
@@ -206,7 +231,7 @@ class SpellingBee(GeneratedTask):
                 {'type': 'text', 'text': f"There {'is' if n == 1 else 'are'} {n} '{letter}' in '{word}'. #### {n}"}]}],
             'answer': str(n)}
     def evaluate(self, conversation, completion: str) -> bool:
-        return extract_final_number(completion) == conversation['answer']
+        return same_number(extract_final_number(completion), conversation['answer'])
 
 class Arithmetic(GeneratedTask):
     "Add, subtract, multiply or divide two numbers with the calculator tool; problems held out by hash."
@@ -227,7 +252,7 @@ class Arithmetic(GeneratedTask):
                 {'type': 'python', 'text': f"{a}{op}{b}"}, {'type': 'python_output', 'text': result},
                 {'type': 'text', 'text': f"{a} {word} {b} is {result}. #### {result}"}]}], 'answer': result}
     def evaluate(self, conversation, completion: str) -> bool:
-        return extract_final_number(completion) == conversation['answer']
+        return same_number(extract_final_number(completion), conversation['answer'])
 
 # %% ../nbs/08_tasks.ipynb #761d6e3d
 class TaskMixture(Task):
@@ -295,6 +320,7 @@ def draw_mixture_rows(packer, n: int, ax=None, title: str = ''):
 
 # %% ../nbs/08_tasks.ipynb #e8cf974a
 TASKS = {c.__name__: c for c in (SmolTalk, MMLU, ARC, GSM8K, CustomJSON, SimpleSpelling, SpellingBee, Arithmetic)}
+TASKS.update({'ARC-Easy': ARCEasy, 'ARC-Challenge': ARCChallenge})   # ARC's subsets as tasks of their own
 
 def _builtin_mixture(name: str, split: str, scale: float = 1.0, mmlu_epochs: int = 1, gsm8k_epochs: int = 1) -> list[dict]:
     n = lambda k: max(1, int(k * scale))
