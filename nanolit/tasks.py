@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .common import print0
 from .data import Item, _item
 
 # %% auto #0
-__all__ = ['LETTERS', 'TASKS', 'Task', 'load_rows', 'HubTask', 'SmolTalk', 'multiple_choice_conversation', 'MMLU', 'ARC',
-           'ARCEasy', 'ARCChallenge', 'gsm8k_parts', 'extract_final_number', 'same_number', 'GSM8K',
-           'identity_conversations_path', 'CustomJSON', 'word_list', 'GeneratedTask', 'SimpleSpelling', 'SpellingBee',
-           'Arithmetic', 'TaskMixture', 'MixtureStream', 'draw_mixture_rows', 'mixture_spec', 'build_task',
-           'mixture_streams', 'build_mixture_stream']
+__all__ = ['SPLITS', 'DATA_SUFFIXES', 'LETTERS', 'TASKS', 'Task', 'split_named', 'split_files', 'load_rows', 'HubTask',
+           'SmolTalk', 'multiple_choice_conversation', 'MMLU', 'ARC', 'ARCEasy', 'ARCChallenge', 'gsm8k_parts',
+           'extract_final_number', 'same_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON', 'word_list',
+           'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
+           'draw_mixture_rows', 'mixture_spec', 'build_task', 'mixture_streams', 'build_mixture_stream']
 
 # %% ../nbs/08_tasks.ipynb #db740297
 class Task:
@@ -45,24 +46,67 @@ class Task:
     def __repr__(self): return f"{type(self).__name__}({len(self)} examples)"
 
 # %% ../nbs/08_tasks.ipynb #caad210b
+SPLITS = {'train': 'train', 'test': 'test', 'validation': 'validation', 'val': 'validation', 'valid': 'validation',
+          'dev': 'validation'}   # the words hub repos, `datasets` and MMLU's original release use for their splits
+DATA_SUFFIXES = ('.json', '.jsonl', '.parquet')
+
+def split_named(path: Path) -> str | None:
+    "The split a data file's name or folders name ('train', 'test', 'validation'), or None: `data/test-00000.parquet` is test."
+    words = {w for part in path.parts for w in re.split(r'[^a-z]+', part.lower())}
+    found = {SPLITS[w] for w in words if w in SPLITS}
+    return found.pop() if len(found) == 1 else None
+
+def split_files(path: str | Path, split: str, subset: str | None = None) -> list[Path]:
+    """The data files of `split` at `path`: the file itself; or, in a folder (a hub repo's snapshot, a folder of split
+    files), those whose name or folders name that split, inside the `subset` folder when there is one. A folder whose
+    files name no split is one split; a folder whose files name other splits only is refused, never mixed in."""
+    p = Path(path).expanduser()
+    if p.is_file(): return [p]
+    if not p.is_dir(): raise FileNotFoundError(f"no file or folder at {p}: give a .json/.jsonl/.parquet file or a folder of them")
+    if subset and (p / subset).is_dir(): p = p / subset
+    files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix in DATA_SUFFIXES)
+    if not files: raise FileNotFoundError(f"no .json/.jsonl/.parquet file in {p}")
+    named = {f: split_named(f.relative_to(p)) for f in files}
+    if not any(named.values()): return files
+    want = SPLITS.get(split, split)
+    mine = [f for f in files if named[f] == want]
+    if not mine:
+        raise FileNotFoundError(f"{p} holds the {', '.join(sorted({s for s in named.values() if s}))} split(s), not "
+                                f"{split}: point at the {split} file or at a folder that has it")
+    return mine
+
 def load_rows(hf_id: str, subset: str | None = None, split: str = 'train', path: str | Path | None = None):
-    "Rows of a dataset: from local json/jsonl/parquet at `path`, else from the hub id `hf_id` (fails fast offline)."
+    """Rows of a dataset: from local files at `path` (a file, a folder of split files, a hub snapshot, a `save_to_disk`
+    folder: `split`'s files only, and it says which it read), else from the hub id `hf_id` (fails fast offline)."""
     from datasets import load_dataset
     if path is not None:
         p = Path(path).expanduser()
-        files = [p] if p.is_file() else sorted(f for f in p.glob('*') if f.suffix in ('.json', '.jsonl', '.parquet')) if p.is_dir() else []
-        if not files: raise FileNotFoundError(f"no .json/.jsonl/.parquet file at {p}")
+        if (p / 'dataset_dict.json').exists() or (p / 'state.json').exists():   # `datasets`' save_to_disk
+            from datasets import load_from_disk
+            ds = load_from_disk(str(p))
+            if hasattr(ds, 'keys'):
+                key = next((k for k in ds.keys() if SPLITS.get(k, k) == SPLITS.get(split, split)), None)
+                if key is None: raise FileNotFoundError(f"{p} holds the splits {', '.join(ds.keys())}, not {split}")
+                ds = ds[key]
+            print0(f"{hf_id or 'rows'}: {len(ds):,} {split} rows from {p} (save_to_disk)")
+            return ds
+        files = split_files(p, split, subset)
         fmt = 'parquet' if files[0].suffix == '.parquet' else 'json'
-        return load_dataset(fmt, data_files=[str(f) for f in files], split='train')
+        ds = load_dataset(fmt, data_files=[str(f) for f in files], split='train')
+        print0(f"{hf_id or 'rows'}: {len(ds):,} {split} rows from {', '.join(str(f) for f in files[:3])}"
+              + (f" and {len(files) - 3} more" if len(files) > 3 else ''))
+        return ds
     offline = any(os.environ.get(k, '').lower() in ('1', 'true', 'yes') for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
     if offline:
         raise ConnectionError(f"{hf_id} ({subset or 'default'}/{split}) needs the Hugging Face hub, which is switched off "
-                              f"(HF_HUB_OFFLINE=1): download it elsewhere and pass path=<a .jsonl/.parquet file with the "
-                              f"same columns>, or use the offline mixture (--mixture default)")
+                              f"(HF_HUB_OFFLINE=1): download it elsewhere and point at the files: nanolit_eval --task-path "
+                              f"TASK=<file or folder>, or a `path:` key on the task in a mixture YAML (--mixture FILE); or "
+                              f"use the offline mixture (--mixture default)")
     try: return load_dataset(hf_id, subset, split=split)
     except Exception as e:
         raise ConnectionError(f"could not load {hf_id} ({subset or 'default'}/{split}) from the hub: {type(e).__name__}: {e}. "
-                              "Check the network, or pass path=<local file with the same columns>") from e
+                              "Check the network, or point at local files (nanolit_eval --task-path TASK=<file or folder>, "
+                              "or a `path:` key in a mixture YAML)") from e
 
 class HubTask(Task):
     "A task whose rows come from `load_rows`; subclasses turn a row into a conversation."

@@ -30,5 +30,5 @@ def test_local_files_in_each_schema(tok):
 
 def test_hub_id_fails_fast_offline(monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    with pytest.raises(ConnectionError, match='path='):
+    with pytest.raises(ConnectionError, match='--task-path TASK=<file or folder>'):
         GSM8K(split='train')
