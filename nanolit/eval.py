@@ -75,7 +75,10 @@ DEFAULT_EVAL_TASKS = 'SpellingBee,SimpleSpelling,Arithmetic'
 
 def make_eval_task(name: str, path: str | None = None, max_problems: int = 200) -> Task:
     "The test split of a task by name (generated tasks get `max_problems` held-out problems)."
-    if name not in TASKS: raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    if name == 'HumanEval':   # chapter 15b: the model's code runs in a sandbox
+        from nanolit.humaneval import HumanEval
+        return HumanEval(path=path)
+    if name not in TASKS: raise ValueError(f"unknown task {name!r}: use one of {', '.join([*TASKS, 'HumanEval'])}")
     cls = TASKS[name]
     if name in ('SpellingBee', 'SimpleSpelling', 'Arithmetic'): return cls(size=max_problems, split='test')
     if name == 'CustomJSON': return cls(path)
@@ -107,10 +110,16 @@ def format_table(results: list[dict]) -> str:
 def _main(argv=None) -> dict:
     from nanolit.checkpoint import get_run_dir, load_model
     from nanolit.stage import stage_main
-    p = argparse.ArgumentParser(prog='nanolit_eval', description='Evaluate a checkpoint on chat tasks.')
-    p.add_argument('--source', default='sft', choices=['base', 'mid', 'sft'], help='stage whose checkpoint to evaluate')
+    p = argparse.ArgumentParser(prog='nanolit_eval', description='Evaluate a checkpoint on chat tasks, or a base model on CORE.')
+    p.add_argument('--source', default=None, choices=['base', 'mid', 'sft'], help='stage whose checkpoint to evaluate '
+                   '(default: sft; base with --core)')
     p.add_argument('--model-tag', default=None); p.add_argument('--model-step', type=int, default=None)
-    p.add_argument('--tasks', default=DEFAULT_EVAL_TASKS, help='comma-separated task names')
+    p.add_argument('--tasks', default=None, help=f'comma-separated task names (default: {DEFAULT_EVAL_TASKS}; none with '
+                   '--core); HumanEval runs the model\'s code in a sandbox (chapter 15b)')
+    p.add_argument('--core', action='store_true', help="the CORE metric of the DCLM eval bundle (chapter 15a)")
+    p.add_argument('--eval-bundle', default='', help='folder of the unzipped eval bundle (default: <base dir>/eval_bundle)')
+    p.add_argument('--core-tasks', default='', help='CORE task labels to run, comma-separated (default: all; e.g. hellaswag)')
+    p.add_argument('--max-per-task', type=int, default=-1, help='CORE examples per task at most (-1: all)')
     p.add_argument('--max-problems', type=int, default=200, help='problems per task at most')
     p.add_argument('--max-tokens', type=int, default=64, help='tokens a generative answer may take')
     p.add_argument('--task-path', action='append', default=[], help='NAME=PATH: local file for a hub task (repeatable)')
@@ -118,10 +127,17 @@ def _main(argv=None) -> dict:
     args, _ = parse_args(p, argv)
     info = compute_init(args.device_type)
     paths = dict(kv.split('=', 1) for kv in args.task_path)
+    args.source = args.source or ('base' if args.core else 'sft')
+    tasks = args.tasks if args.tasks is not None else ('' if args.core else DEFAULT_EVAL_TASKS)
     model, tok, meta = load_model(args.source, info.device, 'eval', args.model_tag, args.model_step)
-    out = evaluate_model(model, tok, args.tasks, args.max_problems, info, paths, args.max_tokens)
+    out = evaluate_model(model, tok, tasks, args.max_problems, info, paths, args.max_tokens) if tasks else {}
+    if out: print0(format_table(out['results']) + f"\n\ncentred mean: {out['centered_mean']:.3f}")
+    if args.core:
+        from nanolit.core import evaluate_core, format_core_table
+        out['core'] = evaluate_core(model, tok, args.eval_bundle or None, args.max_per_task, info.device,
+                                    tasks=args.core_tasks or None)
+        print0(format_core_table(out['core']))
     out.update(source=args.source, model_tag=meta['model_tag'], step=meta['step'])
-    print0(format_table(out['results']) + f"\n\ncentred mean: {out['centered_mean']:.3f}")
     if info.is_primary:
         path = Path(args.out) if args.out else get_run_dir(args.source, meta['model_tag']) / 'eval.json'
         path.write_text(json.dumps(out, indent=1))
