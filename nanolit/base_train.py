@@ -31,9 +31,11 @@ __all__ = ['B_REF', 'BASE_DEFAULTS', 'scaling_params', 'reference_tokens', 'auto
 B_REF = 2 ** 19   # tokens: the reference batch size, measured optimal at the d12 horizon (nanochat's `base_train.py`)
 
 def scaling_params(model: GPT) -> int:
-    "Parameters that count for the data:parameter ratio: transformer matrices + lm_head (+ L3's dense matrices, not its tables)."
+    """Parameters that count for the data:parameter ratio: transformer matrices + lm_head (+ L3's dense matrices, not its
+    tables; of MoE experts only the k a token uses, so a MoE model trains as long as the dense one of its FLOPs)."""
     n = model.num_scaling_params()
-    return n['transformer_matrices'] + n['lm_head'] + n.get('l3_matrices', 0)
+    skipped = n['total'] - n.get('active', n['total'])
+    return n['transformer_matrices'] - skipped + n['lm_head'] + n.get('l3_matrices', 0)
 
 def reference_tokens(vocab_size: int, ratio: float, **depth_kwargs) -> float:
     "D_ref: the d12 model's horizon in tokens at `ratio` (built on the meta device: nothing is allocated)."
@@ -71,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--l3-tied', type=int, choices=[0, 1], default=0, help='1: one L3 table for keys and values')
     g.add_argument('--l3-sample-tokens', type=positive_int, default=1_000_000, help='training tokens the L3 allocation '
                    'is computed from')
+    g.add_argument('--moe-layers', default='', help="Mixture-of-Experts MLPs on these layers, comma-separated or 'all' "
+                   '(empty = none): chapter 3b')
+    g.add_argument('--moe-num-experts', type=positive_int, default=8, help='routed experts per MoE layer')
+    g.add_argument('--moe-top-k', type=positive_int, default=2, help='experts each token goes through')
+    g.add_argument('--moe-shared-expert', type=int, choices=[0, 1], default=0, help='1: one more expert every token uses')
+    g.add_argument('--moe-bias-update-rate', type=float, default=0.001, help='step of the balancing bias per optimizer '
+                   'step (0 = fixed); kept in the model config, so mid and SFT go on with it')
     g = p.add_argument_group('data and horizon')
     g.add_argument('--data-dir', default='', help='directory of train_*/val_* parquet shards (default: embedded corpus)')
     g.add_argument('--target-flops', type=float, default=-1.0, help='training FLOPs to spend (-1 = off)')
@@ -96,7 +105,10 @@ def _main(argv=None) -> dict:
     T, b = config['max_seq_len'], config['device_batch_size']
     model_cfg = config_from_depth(args.depth, tok.get_vocab_size(), T, args.aspect_ratio, args.head_dim, args.kv_ratio,
                                   args.window_pattern, l3_after_layers=args.l3_after_layers, l3_n_emb=args.l3_n_emb,
-                                  l3_d_up=args.l3_d_up, l3_k_max=args.l3_k_max, l3_tied=bool(args.l3_tied))
+                                  l3_d_up=args.l3_d_up, l3_k_max=args.l3_k_max, l3_tied=bool(args.l3_tied),
+                                  moe_layers=args.moe_layers, moe_num_experts=args.moe_num_experts, moe_top_k=args.moe_top_k,
+                                  moe_shared_expert=bool(args.moe_shared_expert),
+                                  moe_bias_update_rate=args.moe_bias_update_rate)
     tag = args.model_tag or f'd{args.depth}'
     resume, lock = open_run('base', tag, config, args.resume, info, args.resume_from_step, args.dry_run)
     model = build_model(model_cfg, info.device)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .l3 import L3Layer
+from .moe import MoE, MoEConfig
 
 # %% auto #0
 __all__ = ['GPTConfig', 'config_from_depth', 'norm', 'rotary_cos_sin', 'apply_rotary', 'window_mask', 'KVCache',
@@ -48,6 +49,13 @@ class GPTConfig:
     l3_d_up: int = 0               # L3 up-projection width; 0 = 4·n_embd
     l3_k_max: int = 512            # the most rows one token may own
     l3_tied: bool = False          # one table for the L3 keys and values
+    moe_layers: str = ''           # Mixture-of-Experts MLPs (chapter 3b) on these layers, e.g. '0,2' or 'all'; '' = none
+    moe_num_experts: int = 8       # routed experts in each MoE layer
+    moe_top_k: int = 2             # experts each token goes through
+    moe_shared_expert: bool = False   # one more expert that every token goes through
+    moe_hidden: int = 0            # each expert's hidden width; 0 = 4·n_embd / (top_k + shared): the dense MLP's FLOPs
+    moe_bias_update_rate: float = 0.001   # step of the balancing bias per optimizer step (0 = fixed); a training knob
+                                          # kept here so that mid/SFT go on balancing as the base run did
 
     def __post_init__(self):
         if self.n_embd % self.n_head: raise ValueError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head}")
@@ -64,6 +72,15 @@ class GPTConfig:
             self.l3_n_emb = self.l3_n_emb or min(max(self.vocab_size, 12 * self.n_layer * self.n_embd),
                                                  self.vocab_size * self.l3_k_max)
             self.l3_d_up = self.l3_d_up or 4 * self.n_embd
+        if self.moe_layers:        # resolved the same way: 'all' to indices, the expert width to a number
+            try: layers = (range(self.n_layer) if self.moe_layers.strip() == 'all'
+                           else sorted({int(s) for s in self.moe_layers.split(',') if s.strip()}))
+            except ValueError: raise ValueError(f"moe_layers {self.moe_layers!r}: give comma-separated layer indices "
+                                                "(e.g. --moe-layers 0,2) or 'all'") from None
+            bad = [i for i in layers if not 0 <= i < self.n_layer]
+            if bad: raise ValueError(f"moe_layers {self.moe_layers!r} names layers {bad} outside 0..{self.n_layer - 1}")
+            self.moe_layers = ','.join(map(str, layers))
+            self.moe_hidden = self.moe_config().expert_hidden(self.n_embd)   # also checks top_k against the experts
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -80,6 +97,12 @@ class GPTConfig:
     def l3_layers(self) -> list[int]:
         "The blocks after which an L3 layer adds to the residual stream."
         return sorted({int(s) for s in self.l3_after_layers.split(',') if s.strip()})
+    def moe_layer_indices(self) -> list[int]:
+        "The layers whose MLP is a routed `MoE` (chapter 3b)."
+        return [int(s) for s in self.moe_layers.split(',') if s.strip()]
+    def moe_config(self) -> MoEConfig:
+        "The `MoEConfig` of every MoE layer."
+        return MoEConfig(self.moe_num_experts, self.moe_top_k, self.moe_shared_expert, self.moe_hidden)
     def has_value_embed(self, layer: int) -> bool:
         "Value embeddings (when on) on alternating layers, always including the last."
         return self.value_embeds and layer % 2 == (self.n_layer - 1) % 2
@@ -223,12 +246,18 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
     def forward(self, x): return self.c_proj(F.relu(self.c_fc(x)).square())
+    @torch.no_grad()
+    def init_weights(self):
+        "c_fc uniform with std 0.4/√n_embd, c_proj zero (see the initialisation below)."
+        bound = math.sqrt(3) / math.sqrt(self.c_fc.in_features)
+        nn.init.uniform_(self.c_fc.weight, -0.4 * bound, 0.4 * bound); nn.init.zeros_(self.c_proj.weight)
 
 class Block(nn.Module):
-    "Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(x))."
+    "Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(x)); the MLP is a routed `MoE` on MoE layers."
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
-        self.attn, self.mlp = CausalSelfAttention(config, layer), MLP(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp = MoE(config.n_embd, config.moe_config()) if layer in config.moe_layer_indices() else MLP(config)
     def forward(self, x, cos, sin, ve=None, kv_cache=None):
         x = x + self.attn(norm(x), cos, sin, ve, kv_cache)
         return x + self.mlp(norm(x))
@@ -344,8 +373,8 @@ class GPT(nn.Module):
         for block in self.blocks:
             a = block.attn
             for lin in (a.c_q, a.c_k, a.c_v): nn.init.uniform_(lin.weight, -bound, bound)
-            nn.init.uniform_(block.mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
-            nn.init.zeros_(a.c_proj.weight); nn.init.zeros_(block.mlp.c_proj.weight)
+            block.mlp.init_weights()   # an MLP, or a MoE (chapter 3b): the same draws as before for an MLP
+            nn.init.zeros_(a.c_proj.weight)
             if a.ve_gate is not None: nn.init.uniform_(a.ve_gate.weight, 0.0, 0.02)
         depth = torch.arange(c.n_layer, dtype=torch.float32) / max(c.n_layer - 1, 1)   # 0 at the first layer, 1 at the last
         self.resid_lambdas.copy_(1.15 - 0.10 * depth); self.x0_lambdas.copy_(0.20 - 0.15 * depth)
@@ -432,12 +461,17 @@ def num_scaling_params(self: GPT) -> dict[str, int]:
         out['l3_matrices'] = count([p for l3 in self.l3.values() for p in (l3.up.weight, l3.mix.weight)])
     out['total'] = sum(out.values())
     assert out['total'] == count(self.parameters()), "a parameter is missing from the groups"
+    moe = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+    if moe:   # what one token multiplies by: all but the (E − k) routed experts it skips in each MoE layer
+        out['active'] = out['total'] - sum((m.config.num_experts - m.config.top_k) * (m.w_fc[0].numel() + m.w_proj[0].numel())
+                                           for m in moe)
     return out
 
 def estimate_flops(self: GPT) -> float:
-    "Training FLOPs per token (forward + backward): 6 × matmul weights + 12·heads·head_dim·window per layer."
-    c = self.config
-    matmul = self.num_scaling_params()['transformer_matrices'] + self.lm_head.weight.numel()
+    "Training FLOPs per token (forward + backward): 6 × matmul weights a token uses + 12·heads·head_dim·window per layer."
+    c, n = self.config, self.num_scaling_params()
+    skipped = n['total'] - n.get('active', n['total'])   # MoE: the routed experts a token does not go through
+    matmul = n['transformer_matrices'] - skipped + self.lm_head.weight.numel()
     if self.smear_gate is not None: matmul += self.smear_gate.weight.numel()
     attn = sum(12 * c.n_head * c.head_dim * min(w, c.sequence_len) for w in c.window_sizes())
     l3 = sum(sum(l.flops_per_token().values()) for l in self.l3.values())   # dense matrices + the padded lookup

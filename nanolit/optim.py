@@ -14,6 +14,7 @@ from fastcore.basics import patch
 
 from .common import all_gather_into_tensor, all_reduce, reduce_scatter_tensor
 from .model import GPT
+from .moe import MoE
 
 # %% auto #0
 __all__ = ['POLAR_EXPRESS_COEFFS', 'NEWTON_SCHULZ_COEFFS', 'orthogonalize', 'MuonAdamW', 'optimizer_state_from_nanochat']
@@ -133,7 +134,9 @@ def _adamw_update(self: MuonAdamW, group: dict, reduced) -> list:
 
 @patch
 def _muon_update(self: MuonAdamW, group: dict, reduced) -> list:
-    "Muon on the group's matrices this rank owns (all of them on one process); returns the gathers started."
+    """Muon on the group's matrices this rank owns (all of them on one process); returns the gathers started. A 3-D
+    parameter (MoE experts, chapter 3b) is a batch of matrices: every step below acts on the last two dimensions, so
+    each expert's matrix is orthogonalised and normalised on its own (`orthogonalize_experts`'s rule)."""
     params, mom, lr, wd = group['params'], group['momentum'], group['lr'], group['weight_decay']
     k, owned = self._muon_owned(group)
     if reduced is None: G = torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
@@ -145,7 +148,7 @@ def _muon_update(self: MuonAdamW, group: dict, reduced) -> list:
         B.lerp_(G, 1 - mom)
         for b, new in zip(bufs, B): b.copy_(new)
         X = G.lerp(B, mom)
-        rows, cols = params[0].shape
+        rows, cols = params[0].shape[-2:]
         if group.get('muoneq', False):   # MuonEq: every row to the mean row norm
             target = X.norm(dim=(-2, -1), keepdim=True) / math.sqrt(rows)
             X = X * (target / X.norm(dim=-1, keepdim=True).clamp_min(1e-6))
@@ -154,7 +157,7 @@ def _muon_update(self: MuonAdamW, group: dict, reduced) -> list:
             U = U * (math.sqrt(min(rows, cols)) / U.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
         if group.get('normuon'):   # NorMuon: per neuron of the longer side, norm of the whole update kept
             red = -1 if rows >= cols else -2
-            shape = (rows, 1) if rows >= cols else (1, cols)
+            shape = (*params[0].shape[:-2], *((rows, 1) if rows >= cols else (1, cols)))
             V = torch.stack([self.state[p].setdefault('second_moment', torch.zeros(shape, device=p.device)) for p in mine])
             v_mean = U.float().square().mean(red, keepdim=True)
             V.lerp_(v_mean, 1 - group.get('beta2', 0.9))
@@ -202,12 +205,16 @@ def setup_optimizer(self: GPT, embedding_lr: float = 0.2, unembedding_lr: float 
               # have; Muon would orthogonalise an update most of whose rows saw no token this step
               adam('l3_tables', [p for l3 in self.l3.values() for p in l3.tables()], embedding_lr * s * 0.5, (0.8, 0.995), 0.01)]
     groups = [g for g in groups if g['params']]
+    # MoE experts (chapter 3b): a (E, rows, cols) tensor is E matrices, which Muon orthogonalises one by one; the
+    # router, a (E, C) matrix reading the hidden state like the block's other linears, joins Muon as they do
+    # (Moonlight, Liu et al. 2025, trains its MoE routers with Muon)
+    experts = {id(w) for m in self.modules() if isinstance(m, MoE) for w in (m.w_fc, m.w_proj)}
     by_shape = defaultdict(list)
     for p in [*self.blocks.parameters(), *(w for l3 in self.l3.values() for w in (l3.up.weight, l3.mix.weight))]:
-        if p.ndim != 2: raise ValueError(f"unexpected {p.ndim}-D parameter in a block: give it a group")
+        if p.ndim != 2 and id(p) not in experts: raise ValueError(f"unexpected {p.ndim}-D parameter in a block: give it a group")
         by_shape[tuple(p.shape)].append(p)
-    for (r, c), params in sorted(by_shape.items()):
-        groups.append(dict(name=f'muon_{r}x{c}', kind='muon', params=params, lr=matrix_lr, momentum=muon_momentum,
+    for shape, params in sorted(by_shape.items()):
+        groups.append(dict(name=f"muon_{'x'.join(map(str, shape))}", kind='muon', params=params, lr=matrix_lr, momentum=muon_momentum,
                            weight_decay=weight_decay, normuon=normuon, muoneq=muoneq, muon_plus=muon_plus,
                            beta2=muon_beta2, ns_steps=5, orthogonalizer=orthogonalizer))
     return MuonAdamW(groups, shard_min_numel=shard_min_numel)

@@ -20,6 +20,7 @@ from .checkpoint import last_checkpoint, list_steps, load_checkpoint, save_check
 from .common import DistInfo, all_reduce, autocast_context, compute_mfu, device_peak_flops, get_dtype, in_notebook, print0
 from .data import count_targets
 from .fp8 import disable_fp8
+from .moe import MoE, update_moe_balancing
 
 # %% auto #0
 __all__ = ['evaluate_bpb', 'TrainConfig', 'StopRequest', 'LoopState', 'train', 'peak_memory_mib']
@@ -125,6 +126,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
     autocast = autocast_context(device.type, get_dtype(device.type, cfg.dtype))
     fwd = torch.compile(model, dynamic=False) if cfg.compile else model
     flops_per_token, peak = model.estimate_flops(), device_peak_flops(device)
+    has_moe = any(isinstance(m, MoE) for m in model.modules())   # chapter 3b: balance the experts once per step
     st = LoopState(**resume['loop_state']) if resume else LoopState()
     start_step = st.step
     for g in optimizer.param_groups: g.setdefault('initial_weight_decay', g.get('weight_decay', 0.0))
@@ -201,6 +203,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 raise FloatingPointError(f"loss is {loss} at step {st.step + 1}: training diverged and this step was not "
                                          f"applied. The last finite checkpoint is {last_checkpoint(run_dir)}; lower "
                                          "the learning rates (e.g. --matrix-lr, --embedding-lr) or check the data")
+            moe_loads = update_moe_balancing(model, model.config.moe_bias_update_rate) if has_moe else []
             optimizer.step()
             model.zero_grad(set_to_none=True)
             if device.type == 'cuda': torch.cuda.synchronize()
@@ -214,6 +217,9 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
             momentum = next((g['momentum'] for g in optimizer.param_groups if g['kind'] == 'muon'), None)
             record = {'step': st.step, 'loss': loss, 'loss_ema': debiased, 'lrm': lrm, 'momentum': momentum, 'tokens': st.tokens, 'dt': dt,
                       'tok_per_s': tok_s, 'mfu': mfu, 'epoch': loader.epoch, 'progress': loader.progress}
+            if moe_loads:   # tokens per expert this step, summed over micro-batches and ranks, per MoE layer
+                record['moe_load'] = [l.tolist() for l in moe_loads]
+                record['moe_max_mean_load'] = [round(l.max().item() / l.float().mean().item(), 4) for l in moe_loads]
             log(record)
             if st.step == sigterm_after and info.is_primary: signal.raise_signal(signal.SIGTERM)
             if bar is not None: bar.update(1); bar.set_postfix(loss=f'{debiased:.3f}')
@@ -224,6 +230,7 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 print0(f"step {st.step:05d}{f'/{cfg.num_iterations:05d}' if cfg.num_iterations > 0 else ''} "
                        f"({100 * done_frac:.2f}%) | loss {debiased:.4f} | lrm {lrm:.3f} | {dt * 1000:.0f} ms | {tok_s:,.0f} tok/s"
                        + (f" | mfu {mfu:.1%}" if mfu else '') + f" | epoch {loader.epoch}"
+                       + (f" | moe max/mean load {max(record['moe_max_mean_load']):.2f}" if moe_loads else '')
                        + f" | total time {st.train_time / 60:.2f} m | eta {eta}")
     finally:
         stop.close()

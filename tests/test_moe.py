@@ -1,0 +1,94 @@
+"""Mixture-of-Experts MLPs (chapter 3b) through the stages: a MoE base model trains and balances its experts,
+midtraining and chat rebuild it from the checkpoint's config (the routing bias travels as a buffer in the state dict),
+greedy chat prints the engine's tokens, a SIGTERM and resume is bitwise the straight run, and 2 processes equal 1
+process with twice the accumulation (the load counts summed over micro-batches and ranks alike)."""
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import MID, TINY, base_dir_with_tokenizer, losses, max_rel, meta, run, run_dir, stage, weights
+
+# both layers MoE, 4 experts, 2 per token and a shared one; a bias rate large enough to move routing in a few steps
+MOE = ['--moe-layers', 'all', '--moe-num-experts', '4', '--moe-top-k', '2', '--moe-shared-expert', '1',
+       '--moe-bias-update-rate', '0.01']
+SIGTERM_AFTER = 'NANOLIT_TEST_SIGTERM_AFTER_STEP'
+
+def moe_loads(bd, stage_dir, tag) -> list:
+    "The per-step expert loads logged in a run's metrics.jsonl."
+    lines = (run_dir(bd, stage_dir, tag) / 'metrics.jsonl').read_text().splitlines()
+    return [r['moe_load'] for r in map(json.loads, lines) if 'moe_load' in r]
+
+@pytest.fixture(scope='module')
+def bd(tmp_path_factory): return base_dir_with_tokenizer(tmp_path_factory, 'moe')
+
+@pytest.fixture(scope='module')
+def base_moe(bd):
+    "A 4-step MoE base run (tag moe): the checkpoint the other tests start from."
+    stage('nanolit.base_train', TINY + MOE + ['--num-iterations', '4', '--model-tag', 'moe'], bd)
+    return bd
+
+def test_base_saves_config_balances_and_logs_loads(base_moe):
+    cfg = meta(base_moe, 'base_checkpoints', 'moe')['model_config']
+    assert (cfg['moe_layers'], cfg['moe_num_experts'], cfg['moe_top_k'], cfg['moe_shared_expert']) == ('0,1', 4, 2, True)
+    assert cfg['moe_hidden'] == 4 * 64 // 3 and cfg['moe_bias_update_rate'] == 0.01   # resolved, so mid/SFT rebuild it
+    w = weights(base_moe, 'base_checkpoints', 'moe')
+    assert w['blocks.0.mlp.w_fc'].shape == (4, 85, 64) and 'blocks.0.mlp.c_fc.weight' not in w
+    assert w['blocks.1.mlp.expert_bias'].abs().max() > 0                   # the balancing moved the bias
+    assert w['blocks.1.mlp.expert_load'].sum() == 0                        # counts reset at every step, so saved empty
+    assert w['blocks.0.mlp.w_proj'].abs().max() > 0                        # trained away from its zero start
+    loads = moe_loads(base_moe, 'base_checkpoints', 'moe')
+    assert len(loads) == 4 and all(sum(layer) == 512 * 2 for step in loads for layer in step)   # every token, k slots
+
+def test_mid_and_chat_rebuild_the_model(base_moe, monkeypatch):
+    bd = base_moe
+    stage('nanolit.midtrain', MID + ['--model-tag', 'moe', '--num-iterations', '2', '--output-tag', 'moem'], bd)
+    mid, base = weights(bd, 'mid_checkpoints', 'moem'), weights(bd, 'base_checkpoints', 'moe')
+    assert mid['blocks.0.mlp.w_fc'].shape == base['blocks.0.mlp.w_fc'].shape
+    assert not torch.equal(mid['blocks.0.mlp.expert_bias'], base['blocks.0.mlp.expert_bias'])   # mid goes on balancing
+    assert len(moe_loads(bd, 'mid_checkpoints', 'moem')) == 2
+    res = run([sys.executable, '-m', 'nanolit.chat', '--source', 'mid', '--model-tag', 'moem', '--prompt', 'hello',
+               '--temperature', '0', '--max-tokens', '12'], {'NANOLIT_BASE_DIR': str(bd)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    # the same checkpoint in this process: the engine's greedy reply, and greedy decoding without the KV cache
+    monkeypatch.setenv('NANOLIT_BASE_DIR', str(bd))
+    from nanolit.chat import stream_reply
+    from nanolit.checkpoint import load_model
+    from nanolit.engine import Engine
+    model, tok, _ = load_model('mid', 'cpu', 'eval', 'moem')
+    engine, conv, out = Engine(model, tok), {'messages': [{'role': 'user', 'content': 'hello'}]}, io.StringIO()
+    stream_reply(engine, conv, out, temperature=0, max_tokens=12)
+    assert res.stdout == out.getvalue(), (res.stdout, out.getvalue())
+    prompt = tok.render_for_completion(conv)
+    cached = [c[0] for c, _ in engine.generate(prompt, 1, max_tokens=12, temperature=0)]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in cached: ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert ids[len(prompt):] == cached
+    assert all(m.expert_load.sum() == 0 for m in model.modules() if hasattr(m, 'expert_load'))   # eval counts nothing
+
+def test_sigterm_resume_is_bitwise(base_moe):
+    bd, args = base_moe, TINY + MOE + ['--num-iterations', '6']
+    stage('nanolit.base_train', args + ['--model-tag', 'moestraight'], bd)
+    stage('nanolit.base_train', args + ['--model-tag', 'moestop'], bd, env={SIGTERM_AFTER: '3'}, expect=143)
+    assert meta(bd, 'base_checkpoints', 'moestop')['signal'] == 15
+    stage('nanolit.base_train', args + ['--model-tag', 'moestop'], bd)
+    assert losses(bd, 'base_checkpoints', 'moestop') == losses(bd, 'base_checkpoints', 'moestraight')
+    assert moe_loads(bd, 'base_checkpoints', 'moestop') == moe_loads(bd, 'base_checkpoints', 'moestraight')
+    a, b = weights(bd, 'base_checkpoints', 'moestop'), weights(bd, 'base_checkpoints', 'moestraight')
+    assert all(torch.equal(a[k], b[k]) for k in b), [k for k in b if not torch.equal(a[k], b[k])]
+
+def test_two_processes_equal_one_with_twice_the_accumulation(base_moe):
+    bd, args = base_moe, TINY + MOE + ['--num-iterations', '3']
+    stage('nanolit.base_train', args + ['--model-tag', 'moew2'], bd, nproc=2)   # 512 tokens = 2 ranks × 2 micro-batches
+    stage('nanolit.base_train', args + ['--model-tag', 'moew1'], bd)           # = 1 rank × 4 micro-batches
+    two, one = losses(bd, 'base_checkpoints', 'moew2'), losses(bd, 'base_checkpoints', 'moew1')
+    assert len(one) == len(two) == 3
+    assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) <= 1e-5, (two, one)
+    # the loads are global: all-reduced over ranks, the same counts as one process's over its micro-batches
+    assert moe_loads(bd, 'base_checkpoints', 'moew2') == moe_loads(bd, 'base_checkpoints', 'moew1')
+    w2, w1 = weights(bd, 'base_checkpoints', 'moew2'), weights(bd, 'base_checkpoints', 'moew1')
+    assert max_rel(w2, w1) <= 1e-5
+    assert all(torch.equal(w2[f'blocks.{i}.mlp.expert_bias'], w1[f'blocks.{i}.mlp.expert_bias']) for i in (0, 1))
