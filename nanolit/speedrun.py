@@ -107,24 +107,29 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
     acc = {s: {r['task']: r['accuracy'] for r in e['results']} for s, e in evals.items()}
     base_bpb = summaries.get('base', {}).get('val', {}).get('val')
     mid_replay = summaries.get('mid', {}).get('val', {}).get('replay')
+    sft_replay = summaries.get('sft', {}).get('val', {}).get('replay')   # the stage that forgets most, with no replay
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3), gridspec_kw={'width_ratios': [3, 1]})
     for j, s in enumerate(s for s, _ in stages if s in acc):
         a1.bar([i + 0.27 * (j - 1) for i in range(len(tasks))], [acc[s][t] for t in tasks], 0.27, label=s)
     a1.set_xticks(range(len(tasks)), tasks); a1.set(ylabel='accuracy (held out)', ylim=(0, 1), title='skills'); a1.legend(fontsize=8)
     if base_bpb and mid_replay:
-        a2.bar(['base', 'after mid'], [base_bpb, mid_replay], color=['tab:blue', 'tab:orange'])
+        seen = [(k, v) for k, v in (('base', base_bpb), ('after mid', mid_replay), ('after SFT', sft_replay)) if v]
+        a2.bar([k for k, _ in seen], [v for _, v in seen], color=['tab:blue', 'tab:orange', 'tab:green'][:len(seen)])
         a2.set(ylabel='bits per byte', title='pretraining text (forgetting)')
     fig.tight_layout(); fig.savefig(out_dir / 'skills_forgetting.png', dpi=100); plt.close(fig)
     numbers = {'accuracy': acc, 'base_val_bpb': base_bpb, 'mid_replay_bpb': mid_replay,
-               'forgetting': (mid_replay / base_bpb - 1) if base_bpb and mid_replay else None}
+               'forgetting': (mid_replay / base_bpb - 1) if base_bpb and mid_replay else None,
+               'sft_replay_bpb': sft_replay, 'forgetting_sft': (sft_replay / base_bpb - 1) if base_bpb and sft_replay else None}
     lines = [f"# nanolit speedrun: preset `{preset}`", '',
              f"Model tag `{tag}`; base directory `{get_base_dir()}`; total wall time {sum(timings.values()) / 60:.1f} min; "
-             f"peak memory of a stage process {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB.", '',
+             f"peak memory of a training stage {max(s.get('peak_memory_mib', 0) for s in summaries.values()):.0f} MiB "
+             "(each stage's own record, so a resumed run reports it too).", '',
              '## Skills on held-out words and problems', '', '| task | base | mid | sft |', '|---|---|---|---|']
     lines += [f"| {t} | " + ' | '.join(f"{acc[s][t]:.1%}" if s in acc else '–' for s in ('base', 'mid', 'sft')) + ' |' for t in tasks]
     lines += ['', '## Forgetting: bits per byte on the pretraining validation text', '',
               f"base: {base_bpb:.4f}" if base_bpb else 'base: –', '',
               f"after midtraining: {mid_replay:.4f} ({numbers['forgetting']:+.1%})" if mid_replay else 'after midtraining: –', '',
+              f"after SFT: {sft_replay:.4f} ({numbers['forgetting_sft']:+.1%} over base)" if sft_replay else 'after SFT: –', '',
               '## Stages', '', '| stage | wall time | steps | tokens | final validation bpb |', '|---|---|---|---|---|']
     for s, _ in stages:
         sm = summaries.get(s, {})
