@@ -63,7 +63,7 @@ def linear_scan_batches(docs, mode, buffer_size, n_batches, cap=T + 1):
             rows.append(row[:cap])
         t = torch.tensor(rows, dtype=torch.long)
         x, y = t[:, :-1], t[:, 1:].clone()
-        if mode == 'pad': pass   # (masking the padding: a loop over rows in the seed; omitted here, in the baseline's favour)
+        if mode == 'pad': pass   # (masking the padding: a loop over rows in nanochat's; omitted here, in the baseline's favour)
     dt = time.perf_counter() - t0
     return n_batches * B / dt, waste / (real + (waste if mode == 'crop' else 0))
 
