@@ -85,6 +85,29 @@ def base_dir(tmp_path, monkeypatch):
     monkeypatch.setenv('NANOLIT_BASE_DIR', str(d))
     return d
 
+def chat_is_engine_greedy(bd, source: str, tag: str, monkeypatch, prompt: str = 'hello', max_tokens: int = 12):
+    """`nanolit_chat --temperature 0` on a checkpoint prints exactly the engine's greedy reply from the same checkpoint
+    in this process, and the engine's KV-cached greedy tokens equal greedy decoding without the cache; returns the model."""
+    import io, torch
+    res = run([sys.executable, '-m', 'nanolit.chat', '--source', source, '--model-tag', tag, '--prompt', prompt,
+               '--temperature', '0', '--max-tokens', str(max_tokens)], {'NANOLIT_BASE_DIR': str(bd)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    monkeypatch.setenv('NANOLIT_BASE_DIR', str(bd))
+    from nanolit.chat import stream_reply
+    from nanolit.checkpoint import load_model
+    from nanolit.engine import Engine
+    model, tok, _ = load_model(source, 'cpu', 'eval', tag)
+    engine, conv, out = Engine(model, tok), {'messages': [{'role': 'user', 'content': prompt}]}, io.StringIO()
+    stream_reply(engine, conv, out, temperature=0, max_tokens=max_tokens)
+    assert res.stdout == out.getvalue(), (res.stdout, out.getvalue())
+    start = tok.render_for_completion(conv)
+    cached = [c[0] for c, _ in engine.generate(start, 1, max_tokens=max_tokens, temperature=0)]
+    ids = list(start)
+    with torch.no_grad():
+        for _ in cached: ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert ids[len(start):] == cached
+    return model
+
 # Worker scripts run under torchrun, and the stress script is opt-in: neither is collected as a test module.
 collect_ignore = ['workers', 'stress_torchrun.py']
 

@@ -1,14 +1,11 @@
 """Large lookup layers (chapter 3a) through the stages: an L3 base model trains, midtraining and chat rebuild it from the
 checkpoint (the allocation travels as a buffer in the state dict), greedy chat prints the engine's tokens, a SIGTERM
 and resume is bitwise the straight run, and 2 processes equal 1 process with twice the accumulation."""
-import io
-import os
-import sys
 
 import pytest
 import torch
 
-from conftest import MID, TINY, base_dir_with_tokenizer, losses, max_rel, meta, run, stage, weights
+from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, stage, weights
 
 L3 = ['--l3-after-layers', '0', '--l3-sample-tokens', '20000', '--l3-k-max', '16']
 SIGTERM_AFTER = 'NANOLIT_TEST_SIGTERM_AFTER_STEP'
@@ -34,24 +31,7 @@ def test_mid_and_chat_rebuild_the_model(base_l3, monkeypatch):
     bd = base_l3
     stage('nanolit.midtrain', MID + ['--model-tag', 'l3', '--num-iterations', '2', '--output-tag', 'l3m'], bd)
     assert torch.equal(weights(bd, 'mid_checkpoints', 'l3m')['l3.0.bounds'], weights(bd, 'base_checkpoints', 'l3')['l3.0.bounds'])
-    res = run([sys.executable, '-m', 'nanolit.chat', '--source', 'mid', '--model-tag', 'l3m', '--prompt', 'hello',
-               '--temperature', '0', '--max-tokens', '12'], {'NANOLIT_BASE_DIR': str(bd)})
-    assert res.returncode == 0, res.stderr[-2000:]
-    # the same checkpoint in this process: the engine's greedy reply, and greedy decoding without the KV cache
-    monkeypatch.setenv('NANOLIT_BASE_DIR', str(bd))
-    from nanolit.chat import stream_reply
-    from nanolit.checkpoint import load_model
-    from nanolit.engine import Engine
-    model, tok, _ = load_model('mid', 'cpu', 'eval', 'l3m')
-    engine, conv, out = Engine(model, tok), {'messages': [{'role': 'user', 'content': 'hello'}]}, io.StringIO()
-    stream_reply(engine, conv, out, temperature=0, max_tokens=12)
-    assert res.stdout == out.getvalue(), (res.stdout, out.getvalue())
-    prompt = tok.render_for_completion(conv)
-    cached = [c[0] for c, _ in engine.generate(prompt, 1, max_tokens=12, temperature=0)]
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in cached: ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    assert ids[len(prompt):] == cached
+    chat_is_engine_greedy(bd, 'mid', 'l3m', monkeypatch)
 
 def test_sigterm_resume_is_bitwise(base_l3):
     bd, args = base_l3, TINY + L3 + ['--num-iterations', '6']

@@ -2,14 +2,12 @@
 midtraining and chat rebuild it from the checkpoint's config (the routing bias travels as a buffer in the state dict),
 greedy chat prints the engine's tokens, a SIGTERM and resume is bitwise the straight run, and 2 processes equal 1
 process with twice the accumulation (the load counts summed over micro-batches and ranks alike)."""
-import io
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import MID, TINY, base_dir_with_tokenizer, losses, max_rel, meta, run, run_dir, stage, weights
+from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, run_dir, stage, weights
 
 # both layers MoE, 4 experts, 2 per token and a shared one; a bias rate large enough to move routing in a few steps
 MOE = ['--moe-layers', 'all', '--moe-num-experts', '4', '--moe-top-k', '2', '--moe-shared-expert', '1',
@@ -49,24 +47,7 @@ def test_mid_and_chat_rebuild_the_model(base_moe, monkeypatch):
     assert mid['blocks.0.mlp.w_fc'].shape == base['blocks.0.mlp.w_fc'].shape
     assert not torch.equal(mid['blocks.0.mlp.expert_bias'], base['blocks.0.mlp.expert_bias'])   # mid goes on balancing
     assert len(moe_loads(bd, 'mid_checkpoints', 'moem')) == 2
-    res = run([sys.executable, '-m', 'nanolit.chat', '--source', 'mid', '--model-tag', 'moem', '--prompt', 'hello',
-               '--temperature', '0', '--max-tokens', '12'], {'NANOLIT_BASE_DIR': str(bd)})
-    assert res.returncode == 0, res.stderr[-2000:]
-    # the same checkpoint in this process: the engine's greedy reply, and greedy decoding without the KV cache
-    monkeypatch.setenv('NANOLIT_BASE_DIR', str(bd))
-    from nanolit.chat import stream_reply
-    from nanolit.checkpoint import load_model
-    from nanolit.engine import Engine
-    model, tok, _ = load_model('mid', 'cpu', 'eval', 'moem')
-    engine, conv, out = Engine(model, tok), {'messages': [{'role': 'user', 'content': 'hello'}]}, io.StringIO()
-    stream_reply(engine, conv, out, temperature=0, max_tokens=12)
-    assert res.stdout == out.getvalue(), (res.stdout, out.getvalue())
-    prompt = tok.render_for_completion(conv)
-    cached = [c[0] for c, _ in engine.generate(prompt, 1, max_tokens=12, temperature=0)]
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in cached: ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    assert ids[len(prompt):] == cached
+    model = chat_is_engine_greedy(bd, 'mid', 'moem', monkeypatch)
     assert all(m.expert_load.sum() == 0 for m in model.modules() if hasattr(m, 'expert_load'))   # eval counts nothing
 
 def test_sigterm_resume_is_bitwise(base_moe):
