@@ -17,8 +17,8 @@ from .corpus import iter_texts, prepare_embedded_corpus
 from .l3 import l3_allocation, training_sample
 from .model import GPT, build_model, config_from_depth
 from .schedules import base_muon_momentum, lr_warmup_constant_warmdown, weight_decay_schedule
-from .stage import (add_common_args, eval_loader_factory, open_run, positive_int, pretrain_loader, require_shards,
-                           restore_rng,
+from .stage import (add_common_args, eval_loader_factory, make_sampler, open_run, positive_int, pretrain_loader,
+                           require_shards, restore_rng,
                            run_stage, stage_main)
 from .tokenizer import get_tokenizer
 from .train import TrainConfig
@@ -147,7 +147,7 @@ def _main(argv=None) -> dict:
     cfg = TrainConfig(stage='base', num_iterations=num_iterations, total_batch_size=B, device_batch_size=b, max_seq_len=T,
                       eval_every=config['eval_every'], eval_tokens=config['eval_tokens'], save_every=config['save_every'],
                       keep_last=config['keep_last'], dtype=args.dtype or None, compile=bool(args.compile),
-                      eval_at_end=False, dry_run=args.dry_run,
+                      eval_at_end=False, dry_run=args.dry_run, sample_every=args.sample_every, sampler=make_sampler(tok, chat=False),
                       lr_schedule=lambda step, n, p: lr_warmup_constant_warmdown(step, n, args.warmup_ratio, args.warmdown_ratio,
                                                                                  args.final_lr_frac, args.warmup_steps),
                       momentum_schedule=lambda step: base_muon_momentum(step, num_iterations, args.warmdown_ratio),

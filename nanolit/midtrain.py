@@ -15,7 +15,7 @@ from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
 from .schedules import PROGRESS_SCHEDULES, lr_rewarm_cosine, lr_mid, muon_momentum
 from .stage import (add_common_args, add_source_args, check_source_finished, eval_loader_factory, inherit, open_run,
-                           loader_lanes, pretrain_loader, require_shards, restore_rng, source_flags,
+                           loader_lanes, make_sampler, pretrain_loader, require_shards, restore_rng, source_flags,
                            run_stage, stage_main)
 from .tasks import mixture_spec, mixture_streams
 from .train import TrainConfig
@@ -96,7 +96,8 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
     cfg = TrainConfig(stage=stage, num_iterations=config['num_iterations'], total_batch_size=B, device_batch_size=b,
                       max_seq_len=T, eval_every=config['eval_every'], eval_tokens=config['eval_tokens'],
                       save_every=config['save_every'], keep_last=config['keep_last'], dtype=args.dtype or None,
-                      compile=bool(args.compile), dry_run=args.dry_run, lr_schedule=schedule, momentum_schedule=momentum_schedule)
+                      compile=bool(args.compile), dry_run=args.dry_run, lr_schedule=schedule, momentum_schedule=momentum_schedule,
+                      sample_every=args.sample_every, sampler=make_sampler(tok, chat=True))
     loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state, lanes=args.loader_lanes)
     val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0), cfg, info)}
     if replay_dir:   # forgetting: the pretraining validation text, scored as in pretraining

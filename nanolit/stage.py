@@ -21,10 +21,10 @@ from .fp8 import RECIPES, enable_fp8
 from .train import TrainConfig, train
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args', 'source_flags',
-           'resolve_resume', 'supersede_after', 'open_run', 'inherit', 'check_source_finished', 'loader_lanes',
-           'pretrain_loader', 'eval_loader_factory', 'write_stage_report', 'run_stage', 'stage_main', 'require_shards',
-           'restore_rng']
+__all__ = ['RESUME_KEYS', 'SAMPLE_PROMPTS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args',
+           'source_flags', 'resolve_resume', 'supersede_after', 'open_run', 'inherit', 'check_source_finished',
+           'loader_lanes', 'pretrain_loader', 'make_sampler', 'eval_loader_factory', 'write_stage_report', 'run_stage',
+           'stage_main', 'require_shards', 'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
 def num_iterations_arg(s: str) -> int:
@@ -71,6 +71,8 @@ def add_common_args(p: argparse.ArgumentParser, stage: str):
     g.add_argument('--eval-every', type=int, default=250, help='evaluate val bpb every N steps, and at the end (-1: '
                    + ('never)' if stage == 'base' else 'only at the end)'))
     g.add_argument('--eval-tokens', type=int, default=2**20, help='tokens per evaluation')
+    g.add_argument('--sample-every', type=int, default=-1, help='print (and keep in samples.md) greedy completions of a '
+                   'few fixed prompts every N steps and at the end, on rank 0 (-1: never)')
     g.add_argument('--save-every', type=int, default=-1, help='checkpoint every N steps (-1: at the end only)')
     g.add_argument('--keep-last', type=int, default=2, help='checkpoints to keep')
     g.add_argument('--resume', default='auto', choices=['auto', 'never'],
@@ -202,6 +204,22 @@ def pretrain_loader(data_dir, split, tokenizer, T, info: DistInfo, device_batch_
     # nanochat's buffer of 1,000 documents, per lane; a larger buffer than a lane's documents would only hold repeats
     packers = [BestFitPacker(s, T, 'crop', buffer_size=min(1000, s.lane_docs)) for s in streams]
     return DataLoader(packers, device_batch_size, info.rank, info.world_size, info.device, prefetch, state)
+
+SAMPLE_PROMPTS = {'text': ['def fibonacci(n):', 'import os', 'The json module', 'class Stack:'],
+                  'chat': ["How many 'e' are in 'cheese'?", 'Spell the word "python".', 'What is 12 + 30?']}
+
+def make_sampler(tokenizer, chat: bool, max_tokens: int = 24):
+    "A `TrainConfig.sampler`: the greedy completions of the fixed prompts (as text, or as a user's turn when `chat`)."
+    from nanolit.engine import Engine
+    def sample(model) -> str:
+        engine, lines = Engine(model, tokenizer), []
+        for p in SAMPLE_PROMPTS['chat' if chat else 'text']:
+            ids = (tokenizer.render_for_completion({'messages': [{'role': 'user', 'content': p}]}) if chat
+                   else tokenizer.encode(p, prepend='<|bos|>'))
+            out = engine.generate_batch(ids, 1, max_tokens=max_tokens, temperature=0)[0][0][len(ids):]
+            lines.append(f"{p!r} -> {tokenizer.decode(out)!r}")
+        return '\n'.join(lines)
+    return sample
 
 def eval_loader_factory(make_loader, cfg: TrainConfig, info: DistInfo):
     "A function returning (a fresh loader, number of batches for `cfg.eval_tokens`), as `train` expects."

@@ -66,6 +66,8 @@ class TrainConfig:
     lr_schedule: Callable = lambda step, num_iterations, progress: 1.0
     momentum_schedule: Callable | None = None   # step -> Muon momentum
     weight_decay_schedule: Callable | None = None   # fraction of the run -> multiplier of the initial weight decay
+    sample_every: int = -1                   # steps between samples of fixed prompts (rank 0; and at the end); -1: none
+    sampler: Callable | None = None          # model -> text: the completions to print and keep in samples.md
 
     def __post_init__(self):
         if self.num_iterations == 0 or self.num_iterations < -1:   # 0 or -5 used to mean "the full default run"
@@ -146,6 +148,14 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                         {**meta, 'finished': finished, 'signal': signum, 'world_size': info.world_size, 'loader': loader.state_dict(),
                          'loop_state': asdict(st), 'rng_state': torch.get_rng_state().tolist()},
                         rank=info.rank, keep_last=cfg.keep_last)
+    def sample():
+        "Rank 0: greedy completions of the stage's fixed prompts by the uncompiled model (KV-cached engine)."
+        model.eval()
+        with torch.no_grad(), disable_fp8(model), autocast: text = cfg.sampler(model)
+        model.train()
+        print0(f"step {st.step:05d} | samples:\n{text}")
+        if not cfg.dry_run:
+            with (run_dir / 'samples.md').open('a') as f: f.write(f"## step {st.step}\n\n```\n{text}\n```\n\n")
     def evaluate():
         for name, make in val_loaders.items():
             batches, steps = make()
@@ -178,6 +188,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
                 break
             periodic = cfg.eval_every > 0 and st.step % cfg.eval_every == 0 and (fresh_start or st.step != start_step)
             if periodic or last and (cfg.eval_every > 0 or cfg.eval_at_end): evaluate()
+            if cfg.sampler and cfg.sample_every > 0 and (st.step % cfg.sample_every == 0 or last) and \
+               (fresh_start or st.step != start_step) and info.is_primary: sample()
             if last: break
             # ---- one optimizer step ----
             t0 = time.time()
