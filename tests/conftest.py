@@ -108,6 +108,26 @@ def chat_is_engine_greedy(bd, source: str, tag: str, monkeypatch, prompt: str = 
     assert ids[len(start):] == cached
     return model
 
+def stopped_and_straight(bd, args, tag: str, after: int = 3) -> tuple[str, str]:
+    """Train base `args` straight (`{tag}straight`), and stopped by a real SIGTERM after step `after` then resumed by the
+    same command (`{tag}stop`); asserts the stop exits 143 and records signal 15. Returns (stopped, straight) tags."""
+    stage('nanolit.base_train', args + ['--model-tag', f'{tag}straight'], bd)
+    stage('nanolit.base_train', args + ['--model-tag', f'{tag}stop'], bd,
+          env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': str(after)}, expect=143)
+    assert meta(bd, 'base_checkpoints', f'{tag}stop')['signal'] == 15
+    stage('nanolit.base_train', args + ['--model-tag', f'{tag}stop'], bd)
+    assert losses(bd, 'base_checkpoints', f'{tag}stop') == losses(bd, 'base_checkpoints', f'{tag}straight')
+    return f'{tag}stop', f'{tag}straight'
+
+def two_and_one_process(bd, args, tag: str) -> tuple[str, str]:
+    """Train base `args` on 2 processes (`{tag}w2`) and on 1 with twice the accumulation (`{tag}w1`); asserts the
+    per-step losses agree to 1e-5 relative. Returns (two, one) tags."""
+    stage('nanolit.base_train', args + ['--model-tag', f'{tag}w2'], bd, nproc=2)
+    stage('nanolit.base_train', args + ['--model-tag', f'{tag}w1'], bd)
+    two, one = losses(bd, 'base_checkpoints', f'{tag}w2'), losses(bd, 'base_checkpoints', f'{tag}w1')
+    assert len(one) == len(two) and max(abs(a - b) / abs(b) for a, b in zip(two, one)) <= 1e-5, (two, one)
+    return f'{tag}w2', f'{tag}w1'
+
 # Worker scripts run under torchrun, and the stress script is opt-in: neither is collected as a test module.
 collect_ignore = ['workers', 'stress_torchrun.py']
 

@@ -5,10 +5,9 @@ and resume is bitwise the straight run, and 2 processes equal 1 process with twi
 import pytest
 import torch
 
-from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, stage, weights
+from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, stage, stopped_and_straight, two_and_one_process, weights
 
 L3 = ['--l3-after-layers', '0', '--l3-sample-tokens', '20000', '--l3-k-max', '16']
-SIGTERM_AFTER = 'NANOLIT_TEST_SIGTERM_AFTER_STEP'
 
 @pytest.fixture(scope='module')
 def bd(tmp_path_factory): return base_dir_with_tokenizer(tmp_path_factory, 'l3')
@@ -34,20 +33,12 @@ def test_mid_and_chat_rebuild_the_model(base_l3, monkeypatch):
     chat_is_engine_greedy(bd, 'mid', 'l3m', monkeypatch)
 
 def test_sigterm_resume_is_bitwise(base_l3):
-    bd, args = base_l3, TINY + L3 + ['--num-iterations', '6']
-    stage('nanolit.base_train', args + ['--model-tag', 'l3straight'], bd)
-    stage('nanolit.base_train', args + ['--model-tag', 'l3stop'], bd, env={SIGTERM_AFTER: '3'}, expect=143)
-    assert meta(bd, 'base_checkpoints', 'l3stop')['signal'] == 15
-    stage('nanolit.base_train', args + ['--model-tag', 'l3stop'], bd)
-    assert losses(bd, 'base_checkpoints', 'l3stop') == losses(bd, 'base_checkpoints', 'l3straight')
-    a, b = weights(bd, 'base_checkpoints', 'l3stop'), weights(bd, 'base_checkpoints', 'l3straight')
+    stop, straight = stopped_and_straight(base_l3, TINY + L3 + ['--num-iterations', '6'], 'l3')
+    a, b = weights(base_l3, 'base_checkpoints', stop), weights(base_l3, 'base_checkpoints', straight)
     assert all(torch.equal(a[k], b[k]) for k in b), [k for k in b if not torch.equal(a[k], b[k])]
 
 def test_two_processes_equal_one_with_twice_the_accumulation(base_l3):
-    bd, args = base_l3, TINY + L3 + ['--num-iterations', '3']
-    stage('nanolit.base_train', args + ['--model-tag', 'l3w2'], bd, nproc=2)   # 512 tokens = 2 ranks × 2 micro-batches
-    stage('nanolit.base_train', args + ['--model-tag', 'l3w1'], bd)           # = 1 rank × 4 micro-batches
-    two, one = losses(bd, 'base_checkpoints', 'l3w2'), losses(bd, 'base_checkpoints', 'l3w1')
-    assert len(one) == len(two) == 3
-    assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) <= 1e-5, (two, one)
-    assert max_rel(weights(bd, 'base_checkpoints', 'l3w2'), weights(bd, 'base_checkpoints', 'l3w1')) <= 1e-5
+    # 512 tokens a step = 2 ranks × 2 micro-batches = 1 rank × 4
+    two, one = two_and_one_process(base_l3, TINY + L3 + ['--num-iterations', '3'], 'l3')
+    assert len(losses(base_l3, 'base_checkpoints', one)) == 3
+    assert max_rel(weights(base_l3, 'base_checkpoints', two), weights(base_l3, 'base_checkpoints', one)) <= 1e-5

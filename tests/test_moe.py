@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, run_dir, stage, weights
+from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, run_dir, stage, stopped_and_straight, two_and_one_process, weights
 
 # both layers MoE, 4 experts, 2 per token and a shared one; a bias rate large enough to move routing in a few steps
 MOE = ['--moe-layers', 'all', '--moe-num-experts', '4', '--moe-top-k', '2', '--moe-shared-expert', '1',
        '--moe-bias-update-rate', '0.01']
-SIGTERM_AFTER = 'NANOLIT_TEST_SIGTERM_AFTER_STEP'
 
 def moe_loads(bd, stage_dir, tag) -> list:
     "The per-step expert loads logged in a run's metrics.jsonl."
@@ -51,25 +50,17 @@ def test_mid_and_chat_rebuild_the_model(base_moe, monkeypatch):
     assert all(m.expert_load.sum() == 0 for m in model.modules() if hasattr(m, 'expert_load'))   # eval counts nothing
 
 def test_sigterm_resume_is_bitwise(base_moe):
-    bd, args = base_moe, TINY + MOE + ['--num-iterations', '6']
-    stage('nanolit.base_train', args + ['--model-tag', 'moestraight'], bd)
-    stage('nanolit.base_train', args + ['--model-tag', 'moestop'], bd, env={SIGTERM_AFTER: '3'}, expect=143)
-    assert meta(bd, 'base_checkpoints', 'moestop')['signal'] == 15
-    stage('nanolit.base_train', args + ['--model-tag', 'moestop'], bd)
-    assert losses(bd, 'base_checkpoints', 'moestop') == losses(bd, 'base_checkpoints', 'moestraight')
-    assert moe_loads(bd, 'base_checkpoints', 'moestop') == moe_loads(bd, 'base_checkpoints', 'moestraight')
-    a, b = weights(bd, 'base_checkpoints', 'moestop'), weights(bd, 'base_checkpoints', 'moestraight')
+    stop, straight = stopped_and_straight(base_moe, TINY + MOE + ['--num-iterations', '6'], 'moe')
+    assert moe_loads(base_moe, 'base_checkpoints', stop) == moe_loads(base_moe, 'base_checkpoints', straight)
+    a, b = weights(base_moe, 'base_checkpoints', stop), weights(base_moe, 'base_checkpoints', straight)
     assert all(torch.equal(a[k], b[k]) for k in b), [k for k in b if not torch.equal(a[k], b[k])]
 
 def test_two_processes_equal_one_with_twice_the_accumulation(base_moe):
-    bd, args = base_moe, TINY + MOE + ['--num-iterations', '3']
-    stage('nanolit.base_train', args + ['--model-tag', 'moew2'], bd, nproc=2)   # 512 tokens = 2 ranks × 2 micro-batches
-    stage('nanolit.base_train', args + ['--model-tag', 'moew1'], bd)           # = 1 rank × 4 micro-batches
-    two, one = losses(bd, 'base_checkpoints', 'moew2'), losses(bd, 'base_checkpoints', 'moew1')
-    assert len(one) == len(two) == 3
-    assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) <= 1e-5, (two, one)
+    # 512 tokens a step = 2 ranks × 2 micro-batches = 1 rank × 4
+    two, one = two_and_one_process(base_moe, TINY + MOE + ['--num-iterations', '3'], 'moe')
+    assert len(losses(base_moe, 'base_checkpoints', one)) == 3
     # the loads are global: all-reduced over ranks, the same counts as one process's over its micro-batches
-    assert moe_loads(bd, 'base_checkpoints', 'moew2') == moe_loads(bd, 'base_checkpoints', 'moew1')
-    w2, w1 = weights(bd, 'base_checkpoints', 'moew2'), weights(bd, 'base_checkpoints', 'moew1')
+    assert moe_loads(base_moe, 'base_checkpoints', two) == moe_loads(base_moe, 'base_checkpoints', one)
+    w2, w1 = weights(base_moe, 'base_checkpoints', two), weights(base_moe, 'base_checkpoints', one)
     assert max_rel(w2, w1) <= 1e-5
     assert all(torch.equal(w2[f'blocks.{i}.mlp.expert_bias'], w1[f'blocks.{i}.mlp.expert_bias']) for i in (0, 1))
