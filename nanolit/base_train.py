@@ -152,6 +152,8 @@ def _main(argv=None) -> dict:
                                                                                  args.final_lr_frac, args.warmup_steps),
                       momentum_schedule=lambda step: base_muon_momentum(step, num_iterations, args.warmdown_ratio),
                       weight_decay_schedule=lambda frac: weight_decay_schedule(frac, 'cosine'))
+    from nanolit.core import core_periodic   # chapter 15a's CORE, plugged into the loop's periodic hook
+    cfg.periodic = [h for h in (core_periodic(args, tok),) if h]
     loader = pretrain_loader(data_dir, 'train', tok, T, info, b, loader_state, lanes=args.loader_lanes)
     val = {'val': eval_loader_factory(lambda: pretrain_loader(data_dir, 'val', tok, T, info, b, prefetch=0), cfg, info)}
     meta = {'stage': 'base', 'model_config': vars(model_cfg), 'user_config': config, 'tokenizer_id': tok.id,

@@ -23,7 +23,7 @@ from .common import all_reduce, collective_device, get_base_dir, print0
 __all__ = ['EVAL_BUNDLE_URL', 'TASK_KINDS', 'CoreTask', 'default_bundle_dir', 'missing_bundle_error', 'read_bundle',
            'load_examples', 'fewshot_indices', 'render_prompts', 'common_length', 'token_rows', 'crop_left',
            'score_rows', 'judge', 'centered', 'model_context', 'evaluate_core_task', 'evaluate_core',
-           'format_core_table']
+           'format_core_table', 'core_periodic']
 
 # %% ../nbs/15a_core.ipynb #26c9ea47
 EVAL_BUNDLE_URL = 'https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip'
@@ -221,3 +221,17 @@ def format_core_table(out: dict) -> str:
     rows += [f"| {k} | {r['kind']} | {r['shots']} | {r['examples']} | {r['accuracy']:.1%} | {r['baseline']:g}% | {r['centered']:.4f} |"
              for k, r in out['tasks'].items()]
     return '\n'.join(rows + [f"| **CORE** | | | | | | **{out['core']:.4f}** |"])
+
+# %% ../nbs/15a_core.ipynb #3d6a1430
+def core_periodic(args, tokenizer):
+    "The training loop's CORE `PeriodicEval` from `--core-metric-every/-max-per-task` and `--eval-bundle`; None when off or absent."
+    from nanolit.train import PeriodicEval
+    if args.core_metric_every <= 0: return None
+    bundle = args.eval_bundle or None
+    try: read_bundle(bundle)
+    except FileNotFoundError as e:
+        print0(f"CORE skipped (--core-metric-every {args.core_metric_every}): {e}"); return None
+    def measure(model) -> dict:
+        out = evaluate_core(model, tokenizer, bundle, args.core_metric_max_per_task)
+        return {'core_metric': out['core'], 'centered_results': {k: r['centered'] for k, r in out['tasks'].items()}}
+    return PeriodicEval('core', args.core_metric_every, measure, at_start=False)   # nanochat: from step N on

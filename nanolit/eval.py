@@ -18,8 +18,9 @@ from .engine import Engine
 from .tasks import TASKS, Task
 
 # %% auto #0
-__all__ = ['DEFAULT_EVAL_TASKS', 'evaluate_task', 'centered_mean', 'model_choice', 'model_completion', 'make_eval_task',
-           'evaluate_model', 'format_table', 'main']
+__all__ = ['DEFAULT_EVAL_TASKS', 'CHATCORE_BASELINES', 'evaluate_task', 'centered_mean', 'model_choice', 'model_completion',
+           'make_eval_task', 'evaluate_model', 'format_table', 'main', 'chatcore_tasks', 'evaluate_chatcore',
+           'chatcore_periodic']
 
 # %% ../nbs/15_eval.ipynb #d4b6c06d
 def evaluate_task(task: Task, answer_fn, max_problems: int | None = None, rank: int = 0, world_size: int = 1) -> dict:
@@ -109,7 +110,7 @@ def format_table(results: list[dict]) -> str:
 
 def _main(argv=None) -> dict:
     from nanolit.checkpoint import get_run_dir, load_model
-    from nanolit.stage import stage_main
+    from nanolit.stage import stage_main, task_paths
     p = argparse.ArgumentParser(prog='nanolit_eval', description='Evaluate a checkpoint on chat tasks, or a base model on CORE.')
     p.add_argument('--source', default=None, choices=['base', 'mid', 'sft'], help='stage whose checkpoint to evaluate '
                    '(default: sft; base with --core)')
@@ -126,7 +127,7 @@ def _main(argv=None) -> dict:
     p.add_argument('--device-type', default=''); p.add_argument('--out', default='', help='JSON file (default: run dir)')
     args, _ = parse_args(p, argv)
     info = compute_init(args.device_type)
-    paths = dict(kv.split('=', 1) for kv in args.task_path)
+    paths = task_paths(args.task_path)
     args.source = args.source or ('base' if args.core else 'sft')
     tasks = args.tasks if args.tasks is not None else ('' if args.core else DEFAULT_EVAL_TASKS)
     model, tok, meta = load_model(args.source, info.device, 'eval', args.model_tag, args.model_step)
@@ -147,6 +148,56 @@ def main(argv=None):
     "Console script `nanolit_eval`."
     from nanolit.stage import stage_main
     return stage_main(_main, 'nanolit_eval', argv)
+
+# %% ../nbs/15_eval.ipynb #3af66476
+CHATCORE_BASELINES = {'ARC-Easy': 0.25, 'ARC-Challenge': 0.25, 'MMLU': 0.25, 'GSM8K': 0.0, 'HumanEval': 0.0,   # nanochat's
+                      'SpellingBee': 0.0}
+
+def chatcore_tasks(paths: dict | None = None, generated: int = 200, hub: bool = False) -> tuple[dict, list[str]]:
+    """The ChatCORE tasks whose data is here ({name: test split}; SpellingBee with `generated` problems) and the names
+    of those skipped: a hub task needs a local file in `paths`, or `hub` (then it is fetched, unless the hub is off)."""
+    paths = paths or {}
+    unknown = [n for n in paths if n not in CHATCORE_BASELINES]
+    if unknown: raise ValueError(f"--task-path {unknown[0]}: ChatCORE has no such task; its tasks are {', '.join(CHATCORE_BASELINES)}")
+    present, skipped = {}, []
+    for name in CHATCORE_BASELINES:
+        if name != 'SpellingBee' and name not in paths and not hub:
+            skipped.append(name); continue
+        try: present[name] = make_eval_task(name, paths.get(name), generated)
+        except ConnectionError:     # a hub task, offline or unreachable, and no local file: skipped, not fatal
+            if name in paths: raise
+            skipped.append(name)
+    return present, skipped
+
+def evaluate_chatcore(model, tokenizer, tasks: dict, max_cat: int = -1, max_sample: int = 24, info=None,
+                      max_tokens: int = 512) -> dict:
+    "nanochat's ChatCORE record for `tasks` (all ranks call it): the two centred means, each task's accuracy, the task names."
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    choose = model_choice(model, tokenizer)
+    complete = model_completion(model, tokenizer, min(max_tokens, model.config.sequence_len))   # nanochat's 512, within the context
+    acc = {}
+    for name, task in tasks.items():
+        limit = max_cat if task.eval_type == 'categorical' else max_sample
+        fn = choose if task.eval_type == 'categorical' else complete
+        acc[name] = evaluate_task(task, fn, None if limit < 0 else limit, rank, world)['accuracy']
+    centred = {n: (a - CHATCORE_BASELINES[n]) / (1 - CHATCORE_BASELINES[n]) for n, a in acc.items()}
+    cat = [n for n in acc if tasks[n].eval_type == 'categorical']
+    record = {'chatcore_metric': sum(centred.values()) / max(1, len(centred))}
+    if cat: record['chatcore_cat'] = sum(centred[n] for n in cat) / len(cat)
+    return {**record, **{f'chatcore/{n}': a for n, a in acc.items()}, 'chatcore_tasks': ','.join(acc)}
+
+# %% ../nbs/15_eval.ipynb #2d7ad403
+def chatcore_periodic(args, tokenizer, info):
+    "The training loop's ChatCORE `PeriodicEval` from `--chatcore-every/-max-cat/-max-sample` and `--task-path`; None at -1."
+    if args.chatcore_every <= 0: return None
+    from nanolit.stage import task_paths
+    from nanolit.train import PeriodicEval
+    hub = getattr(args, 'mixture', '') == 'nanochat'   # a run that reads the hub for its data may read it for ChatCORE
+    tasks, skipped = chatcore_tasks(task_paths(args.task_path), args.chatcore_max_sample if args.chatcore_max_sample > 0 else 200, hub)
+    print0(f"ChatCORE every {args.chatcore_every} steps over {', '.join(tasks)}" + (f"; skipped for lack of data: "
+           f"{', '.join(skipped)} (no --task-path NAME=FILE{'' if hub else ', and the mixture is not the hub one'})" if skipped else ''))
+    return PeriodicEval('chatcore', args.chatcore_every, lambda model: evaluate_chatcore(
+        model, tokenizer, tasks, args.chatcore_max_cat, args.chatcore_max_sample, info))
 
 # %% ../nbs/15_eval.ipynb #b18a7d23
 if __name__ == '__main__' and not in_notebook(): main()

@@ -98,6 +98,8 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
                       save_every=config['save_every'], keep_last=config['keep_last'], dtype=args.dtype or None,
                       compile=bool(args.compile), dry_run=args.dry_run, lr_schedule=schedule, momentum_schedule=momentum_schedule,
                       sample_every=args.sample_every, sampler=make_sampler(tok, chat=True))
+    from nanolit.eval import chatcore_periodic   # chapter 15's task evaluation, plugged into the loop's periodic hook
+    cfg.periodic = [h for h in (chatcore_periodic(args, tok, info),) if h]
     loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state, lanes=args.loader_lanes)
     val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0), cfg, info)}
     if replay_dir:   # forgetting: the pretraining validation text, scored as in pretraining

@@ -20,8 +20,8 @@ from .checkpoint import get_run_dir, newest_intact
 from .common import get_base_dir, in_notebook, parse_args, print0
 
 # %% auto #0
-__all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'write_report', 'StageStopped', 'threads_per_process',
-           'run_speedrun', 'main']
+__all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'benchmark_lines', 'write_report', 'StageStopped',
+           'threads_per_process', 'run_speedrun', 'main']
 
 # %% ../nbs/17_speedrun.ipynb #4b01c4f7
 _SMALL = dict(depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64, device_batch_size=4, total_batch_size=512,
@@ -86,6 +86,26 @@ def step_done(name: str, tag: str, vocab_size: int) -> bool:
     return (get_run_dir(name.split()[1], tag) / 'eval.json').exists()
 
 # %% ../nbs/17_speedrun.ipynb #cab6e6e4
+def benchmark_lines(summaries: dict) -> tuple[dict, list[str]]:
+    """CORE of the base model and ChatCORE of mid and SFT, as their training loops last measured them (each stage's
+    `summary.json`), and the ChatCORE tasks skipped for lack of data: ({'core':…, 'chatcore':…}, report lines)."""
+    from nanolit.eval import CHATCORE_BASELINES
+    core = summaries.get('base', {}).get('evals', {}).get('core')
+    chat = {s: summaries.get(s, {}).get('evals', {}).get('chatcore') for s in ('mid', 'sft')}
+    lines = ['## CORE and ChatCORE', '', f"CORE of the base model: {core['core_metric']:.4f} (step {core['step']})" if core else
+             'CORE of the base model: not measured (no eval bundle: see chapter 15a, `--eval-bundle`)', '']
+    present = [r for r in chat.values() if r]
+    if present:
+        tasks = present[-1]['chatcore_tasks'].split(',')
+        lines += ['| stage | step | ChatCORE | ChatCORE_cat | ' + ' | '.join(tasks) + ' |', '|---' * (len(tasks) + 4) + '|']
+        lines += [f"| {s} | {r['step']} | {r['chatcore_metric']:.4f} | " + (f"{r['chatcore_cat']:.4f}" if 'chatcore_cat' in r else '–')
+                  + ' | ' + ' | '.join(f"{r.get(f'chatcore/{t}', float('nan')):.1%}" for t in tasks) + ' |' for s, r in chat.items() if r]
+        skipped = [t for t in CHATCORE_BASELINES if t not in tasks]
+        lines += ['', f"ChatCORE over {', '.join(tasks)}; skipped for lack of data: {', '.join(skipped) or 'none'} "
+                  "(give them with --task-path NAME=FILE, or the hub mixture)", '']
+    else: lines += ['ChatCORE: not measured (--chatcore-every -1)', '']
+    return {'core': core and core['core_metric'], 'chatcore': {s: r and r['chatcore_metric'] for s, r in chat.items()}}, lines
+
 def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -> dict:
     "report.md + losses.png in `out_dir`; returns the numbers it reports."
     import matplotlib; matplotlib.use('Agg')
@@ -117,7 +137,8 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
         a2.bar([k for k, _ in seen], [v for _, v in seen], color=['tab:blue', 'tab:orange', 'tab:green'][:len(seen)])
         a2.set(ylabel='bits per byte', title='pretraining text (forgetting)')
     fig.tight_layout(); fig.savefig(out_dir / 'skills_forgetting.png', dpi=100); plt.close(fig)
-    numbers = {'accuracy': acc, 'base_val_bpb': base_bpb, 'mid_replay_bpb': mid_replay,
+    bench, bench_lines = benchmark_lines(summaries)
+    numbers = {'accuracy': acc, **bench, 'base_val_bpb': base_bpb, 'mid_replay_bpb': mid_replay,
                'forgetting': (mid_replay / base_bpb - 1) if base_bpb and mid_replay else None,
                'sft_replay_bpb': sft_replay, 'forgetting_sft': (sft_replay / base_bpb - 1) if base_bpb and sft_replay else None}
     lines = [f"# nanolit speedrun: preset `{preset}`", '',
@@ -130,7 +151,7 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
               f"base: {base_bpb:.4f}" if base_bpb else 'base: –', '',
               f"after midtraining: {mid_replay:.4f} ({numbers['forgetting']:+.1%})" if mid_replay else 'after midtraining: –', '',
               f"after SFT: {sft_replay:.4f} ({numbers['forgetting_sft']:+.1%} over base)" if sft_replay else 'after SFT: –', '',
-              '## Stages', '', '| stage | wall time | steps | tokens | final validation bpb |', '|---|---|---|---|---|']
+              *bench_lines, '## Stages', '', '| stage | wall time | steps | tokens | final validation bpb |', '|---|---|---|---|---|']
     for s, _ in stages:
         sm = summaries.get(s, {})
         lines.append(f"| {s} | {timings.get(s, 0):.0f} s | {sm.get('step', '–')} | {sm.get('tokens', 0):,} | "

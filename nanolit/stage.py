@@ -22,9 +22,9 @@ from .train import TrainConfig, train
 
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'SAMPLE_PROMPTS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args',
-           'source_flags', 'resolve_resume', 'supersede_after', 'open_run', 'inherit', 'check_source_finished',
-           'loader_lanes', 'pretrain_loader', 'make_sampler', 'eval_loader_factory', 'write_stage_report', 'run_stage',
-           'stage_main', 'require_shards', 'restore_rng']
+           'task_paths', 'source_flags', 'resolve_resume', 'supersede_after', 'open_run', 'inherit',
+           'check_source_finished', 'loader_lanes', 'pretrain_loader', 'make_sampler', 'eval_loader_factory',
+           'write_stage_report', 'periodic_tables', 'run_stage', 'stage_main', 'require_shards', 'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
 def num_iterations_arg(s: str) -> int:
@@ -73,6 +73,19 @@ def add_common_args(p: argparse.ArgumentParser, stage: str):
     g.add_argument('--eval-tokens', type=int, default=2**20, help='tokens per evaluation')
     g.add_argument('--sample-every', type=int, default=-1, help='print (and keep in samples.md) greedy completions of a '
                    'few fixed prompts every N steps and at the end, on rank 0 (-1: never)')
+    if stage == 'base':   # nanochat's base_train.py flags and defaults; the bundle is never downloaded by a run
+        g.add_argument('--core-metric-every', type=int, default=2000, help='CORE (chapter 15a) every N steps and at the '
+                       'end (-1: never); without an eval bundle, one line says so and the run goes on without it')
+        g.add_argument('--core-metric-max-per-task', type=int, default=500, help='CORE examples per task')
+        g.add_argument('--eval-bundle', default='', help='folder of the unzipped DCLM eval bundle (default: '
+                       '<base dir>/eval_bundle)')
+    else:                 # nanochat's chat_sft.py flags and defaults
+        g.add_argument('--chatcore-every', type=int, default=200, help='ChatCORE (chapter 15) at step 0, every N steps '
+                       'and at the end, on the tasks whose data is here (-1: never)')
+        g.add_argument('--chatcore-max-cat', type=int, default=-1, help='ChatCORE problems per categorical task (-1: all)')
+        g.add_argument('--chatcore-max-sample', type=int, default=24, help='ChatCORE problems per generative task (-1: all)')
+        g.add_argument('--task-path', action='append', default=[], help='NAME=PATH: local data of a ChatCORE task (ARC-Easy, '
+                       'ARC-Challenge, MMLU, GSM8K, HumanEval), as for nanolit_eval; repeatable')
     g.add_argument('--save-every', type=int, default=-1, help='checkpoint every N steps (-1: at the end only)')
     g.add_argument('--keep-last', type=int, default=2, help='checkpoints to keep')
     g.add_argument('--resume', default='auto', choices=['auto', 'never'],
@@ -95,6 +108,12 @@ def add_source_args(p: argparse.ArgumentParser, source: str, load_optimizer: int
     g.add_argument('--load-optimizer', type=int, default=load_optimizer, choices=[0, 1],
                    help=f'1: warm-start the optimizer (momentum) from the {source} checkpoint')
     return p
+
+def task_paths(items: list[str]) -> dict[str, str]:
+    "`--task-path NAME=PATH` flags (nanolit_eval's, mid's and SFT's) as {name: path}."
+    bad = [s for s in items if '=' not in s or not s.split('=', 1)[0] or not s.split('=', 1)[1]]
+    if bad: raise ValueError(f"--task-path {bad[0]!r}: give NAME=PATH, e.g. --task-path MMLU=~/data/mmlu_test.jsonl")
+    return dict(s.split('=', 1) for s in items)
 
 def source_flags(args) -> tuple[str | None, int | None]:
     "(tag, step) of the checkpoint to continue, from `--model-tag`/`--model-step` or their old aliases."
@@ -241,8 +260,23 @@ def write_stage_report(run_dir: Path, stage: str, summary: dict, meta: dict):
     lines = [f"# {stage} run: {run_dir.name}", '', f"status: {summary['status']} at step {summary['step']}, "
              f"{summary['tokens']:,} tokens, {summary['train_time']:.1f} s of training", '',
              '| validation | bpb |', '|---|---|'] + [f"| {k} | {v:.4f} |" for k, v in summary['val'].items()]
-    lines += ['', '![loss](loss.png)', '', '## flags', '', '```', json.dumps(meta.get('user_config', {}), indent=1), '```']
+    lines += ['', '![loss](loss.png)'] + periodic_tables(records)
+    lines += ['', '## flags', '', '```', json.dumps(meta.get('user_config', {}), indent=1), '```']
     (run_dir / 'report.md').write_text('\n'.join(lines) + '\n')
+
+def periodic_tables(records: list[dict]) -> list[str]:
+    "Markdown lines: one table over steps per periodic benchmark in `metrics.jsonl` (named by its first key, e.g. `core_metric`)."
+    groups = {}
+    for r in records:
+        keys = [k for k in r if k != 'step' and not k.startswith('val/')]
+        if 'loss' not in r and keys: groups.setdefault(keys[0], []).append(r)
+    lines = []
+    for name, rs in groups.items():
+        cols = [k for k in dict.fromkeys(k for r in rs for k in r) if k != 'step' and not isinstance(rs[-1].get(k), (dict, list))]
+        cell = lambda v: f"{v:.4f}" if isinstance(v, float) else '' if v is None else str(v)
+        lines += ['', f"## {name} over steps", '', '| step | ' + ' | '.join(cols) + ' |', '|---' * (len(cols) + 1) + '|']
+        lines += [f"| {r['step']} | " + ' | '.join(cell(r.get(k)) for k in cols) + ' |' for r in rs]
+    return lines
 
 def run_stage(stage: str, model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: TrainConfig, run_dir: Path,
               meta: dict, token_bytes, resume: dict | None, run_name: str, lock: RunLock | None = None) -> dict:

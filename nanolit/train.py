@@ -23,7 +23,7 @@ from .fp8 import disable_fp8
 from .moe import MoE, update_moe_balancing
 
 # %% auto #0
-__all__ = ['evaluate_bpb', 'TrainConfig', 'StopRequest', 'LoopState', 'train', 'peak_memory_mib']
+__all__ = ['evaluate_bpb', 'TrainConfig', 'StopRequest', 'LoopState', 'PeriodicEval', 'train', 'peak_memory_mib']
 
 # %% ../nbs/10_train.ipynb #79128e02
 @torch.no_grad()
@@ -68,6 +68,7 @@ class TrainConfig:
     weight_decay_schedule: Callable | None = None   # fraction of the run -> multiplier of the initial weight decay
     sample_every: int = -1                   # steps between samples of fixed prompts (rank 0; and at the end); -1: none
     sampler: Callable | None = None          # model -> text: the completions to print and keep in samples.md
+    periodic: list = field(default_factory=list)   # `PeriodicEval`s: benchmarks every N steps (CORE, ChatCORE)
 
     def __post_init__(self):
         if self.num_iterations == 0 or self.num_iterations < -1:   # 0 or -5 used to mean "the full default run"
@@ -116,6 +117,19 @@ class LoopState:
     tokens: int = 0
     min_val_bpb: float = float('inf')
     val: dict = field(default_factory=dict)
+    evals: dict = field(default_factory=dict)   # the last record of each periodic evaluation, by name
+
+@dataclass
+class PeriodicEval:
+    """A benchmark the loop runs every `every` steps (-1: never) and after the last step: every rank calls `fn(model)`
+    with the uncompiled model in eval mode, no grad, FP8 off; it returns the record to log (rank 0's is logged)."""
+    name: str
+    every: int
+    fn: Callable
+    at_start: bool = True    # also at step 0, before any training (nanochat's CORE waits for step `every`)
+
+    def due(self, step: int, last: bool) -> bool:
+        return self.every > 0 and (last or step % self.every == 0 and (step > 0 or self.at_start))
 
 # %% ../nbs/10_train.ipynb #4d0cf1a1
 def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: TrainConfig, run_dir: Path | str,
@@ -156,6 +170,14 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
         print0(f"step {st.step:05d} | samples:\n{text}")
         if not cfg.dry_run:
             with (run_dir / 'samples.md').open('a') as f: f.write(f"## step {st.step}\n\n```\n{text}\n```\n\n")
+    def measure(hook: PeriodicEval):
+        "All ranks: one periodic benchmark by the uncompiled model (its inputs change shape), logged with the step."
+        model.eval()
+        with torch.no_grad(), disable_fp8(model), autocast: record = hook.fn(model)
+        model.train()
+        st.evals[hook.name] = {'step': st.step, **record}
+        print0(f"step {st.step:05d} | " + ' | '.join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+        log({'step': st.step, **record})
     def evaluate():
         for name, make in val_loaders.items():
             batches, steps = make()
@@ -190,6 +212,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
             if periodic or last and (cfg.eval_every > 0 or cfg.eval_at_end): evaluate()
             if cfg.sampler and cfg.sample_every > 0 and (st.step % cfg.sample_every == 0 or last) and \
                (fresh_start or st.step != start_step) and info.is_primary: sample()
+            for hook in cfg.periodic:
+                if hook.due(st.step, last) and (fresh_start or last or st.step != start_step): measure(hook)
             if last: break
             # ---- one optimizer step ----
             t0 = time.time()

@@ -31,7 +31,7 @@ def max_rel(a: dict, b: dict) -> float:
 TINY = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '2',
         '--total-batch-size', '512', '--eval-every', '-1', '--eval-tokens', '256', '--matrix-lr', '0.2',
         '--embedding-lr', '2.0', '--unembedding-lr', '0.05', '--target-param-data-ratio', '-1']   # a 2-layer base run
-MID = ['--eval-every', '-1', '--eval-tokens', '256', '--mixture-scale', '0.02']                # mid/SFT on top of it
+MID = ['--eval-every', '-1', '--eval-tokens', '256', '--mixture-scale', '0.02', '--chatcore-every', '-1']   # mid/SFT on top of it
 
 def base_dir_with_tokenizer(tmp_path_factory, name: str) -> Path:
     "A fresh base directory with the embedded corpus and a 512-token tokenizer (for a test module's stage runs)."
