@@ -37,7 +37,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'nanolit': ['assets/*']},
     install_requires=_words('requirements'),
-    extras_require={'dev': _words('dev_requirements')},
+    extras_require={key.removesuffix('_requirements'): _words(key) for key in cfg if key.endswith('_requirements')},
     entry_points={
         'console_scripts': _words('console_scripts'),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
