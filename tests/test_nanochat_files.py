@@ -23,14 +23,14 @@ def test_nanochat_base_dir_through_the_clis(nc):
     # 3 midtraining steps on 2 processes, from nanochat's step-4 checkpoint, with its optimizer state
     res = stage('nanolit.midtrain', ['--model-tag', 'd2', '--load-optimizer', '1', '--num-iterations', '3',
                                      '--device-batch-size', '2', '--replay-ratio', '0', '--mixture-scale', '0.02',
-                                     '--eval-tokens', '1024'], nc, nproc=2)
+                                     '--eval-tokens', '1024', '--chatcore-every', '-1'], nc, nproc=2)
     assert 'warm-started the optimizer' in res.stdout, res.stdout[-3000:]
     m = meta(nc, 'mid_checkpoints', 'd2')
     assert m['finished'] and m['parent'] == {'stage': 'base', 'tag': 'd2', 'step': 4}
     assert m['user_config']['total_batch_size'] == 1024                     # inherited from nanochat's meta
     # SFT from it, then evaluation and chat on nanochat's own base checkpoint
     stage('nanolit.sft', ['--model-tag', 'd2', '--num-iterations', '2', '--device-batch-size', '2', '--mixture-scale', '0.02',
-                          '--eval-tokens', '512'], nc)
+                          '--eval-tokens', '512', '--chatcore-every', '-1'], nc)
     out = nc / 'eval.json'
     stage('nanolit.eval', ['--source', 'base', '--model-tag', 'd2', '--tasks', 'Arithmetic', '--max-problems', '2',
                            '--max-tokens', '4', '--out', str(out)], nc)
