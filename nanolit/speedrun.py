@@ -32,7 +32,7 @@ PRESETS = {
     'cpu': dict(vocab_size=2048, tok_max_chars=20_000_000, depth=3, aspect_ratio=64, head_dim=64, max_seq_len=128,
                 device_batch_size=16, total_batch_size=8192, matrix_lr=0.15, embedding_lr=2.0, unembedding_lr=0.05,
                 base_steps=300, mid_steps=220, sft_steps=60, mixture_scale=0.5, eval_problems=100, eval_tokens=65536,
-                replay_ratio=0.3, nproc=1, extra=[]),
+                replay_ratio=0.3, sft_replay_ratio=0.1, nproc=1, extra=[]),   # SFT replay: chapter 14's experiment
     'gpu-smoke': dict(vocab_size=512, tok_max_chars=2_000_000, **_SMALL, base_steps=16, mid_steps=10, sft_steps=6,
                       mixture_scale=0.02, eval_problems=12, eval_tokens=2048, replay_ratio=0.3, nproc=2,
                       extra=['--device-type', 'cuda', '--dtype', 'bfloat16', '--compile', '1']),
@@ -70,8 +70,8 @@ def plan(p: dict, tag: str) -> list[tuple[str, str, list[str], int]]:
                                               + ['--eval-every', str(p['base_steps'] if p['base_steps'] > 0 else 250)], p['nproc']),
         ('mid', 'nanolit.midtrain', ['--num-iterations', str(p['mid_steps']), '--model-tag', tag, '--eval-every', '-1',
                                      '--replay-ratio', str(p['replay_ratio'])] + mix + common, p['nproc']),
-        ('sft', 'nanolit.sft', ['--num-iterations', str(p['sft_steps']), '--model-tag', tag, '--eval-every', '-1'] + mix
-                               + common, p['nproc']),
+        ('sft', 'nanolit.sft', ['--num-iterations', str(p['sft_steps']), '--model-tag', tag, '--eval-every', '-1',
+                                '--replay-ratio', str(p.get('sft_replay_ratio', 0.0))] + mix + common, p['nproc']),
         ('eval base', 'nanolit.eval', ['--source', 'base', '--model-tag', tag] + ev, 1),
         ('eval mid', 'nanolit.eval', ['--source', 'mid', '--model-tag', tag] + ev, 1),
         ('eval sft', 'nanolit.eval', ['--source', 'sft', '--model-tag', tag] + ev, 1),
@@ -127,7 +127,7 @@ def write_report(out_dir: Path, preset: str, p: dict, tag: str, timings: dict) -
     acc = {s: {r['task']: r['accuracy'] for r in e['results']} for s, e in evals.items()}
     base_bpb = summaries.get('base', {}).get('val', {}).get('val')
     mid_replay = summaries.get('mid', {}).get('val', {}).get('replay')
-    sft_replay = summaries.get('sft', {}).get('val', {}).get('replay')   # the stage that forgets most, with no replay
+    sft_replay = summaries.get('sft', {}).get('val', {}).get('replay')   # SFT forgets most per step: chapter 14
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3), gridspec_kw={'width_ratios': [3, 1]})
     for j, s in enumerate(s for s, _ in stages if s in acc):
         a1.bar([i + 0.27 * (j - 1) for i in range(len(tasks))], [acc[s][t] for t in tasks], 0.27, label=s)
