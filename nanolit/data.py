@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import bisect
+import builtins
 import json
 import queue
 import threading
@@ -21,12 +22,12 @@ import torch.distributed as dist
 
 from .common import all_gather, all_reduce
 from .corpus import list_shards
-from .tokenizer import Tokenizer
+from .tokenizer import BAD_ROW_REASONS, BadRow, Tokenizer
 
 # %% auto #0
-__all__ = ['LANE_STATS', 'Item', 'split_pieces', 'row_groups', 'DocumentStream', 'PackStats', 'BestFitPacker', 'padding_start',
-           'draw_rows', 'pack_rows', 'TaskStream', 'split_row_items', 'rows_to_batch', 'default_lanes', 'state_lanes',
-           'encoded_to_batch', 'DataLoader', 'count_targets']
+__all__ = ['LANE_STATS', 'ROW_COUNTS', 'Item', 'split_pieces', 'row_groups', 'DocumentStream', 'PackStats', 'BestFitPacker',
+           'padding_start', 'draw_rows', 'pack_rows', 'BadRowPolicy', 'RowCounts', 'TaskStream', 'split_row_items',
+           'rows_to_batch', 'default_lanes', 'state_lanes', 'encoded_to_batch', 'DataLoader', 'count_targets']
 
 # %% ../nbs/07_data.ipynb #dc5053ee
 class Item(NamedTuple):
@@ -191,9 +192,10 @@ class BestFitPacker:
         dict keeps insertion order). Two flat lists, no new object per item: taken after every micro-batch, it must be
         cheap, and a thousand small lists would wake the garbage collector (measured: 1.6 ms against 0.06 ms)."""
         buffer = {'seqs': list(self.items), 'keys': [it.key for it in self.items.values()]}
+        rows = self.stream.row_counts() if hasattr(self.stream, 'row_counts') else {}   # rows read, bad rows by reason
         return {'stream': self.stream.state_dict(), 'buffer': buffer,
                 'next_seq': self.next_seq, 'stats': vars(self.stats).copy(),
-                'last_key': getattr(self, 'last_key', None)}
+                'last_key': getattr(self, 'last_key', None), 'rows': rows}
 
     def load_state_dict(self, state: dict):
         self.stream.load_state_dict(state['stream'])
@@ -237,25 +239,67 @@ def pack_rows(packer: BestFitPacker, n: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, train
 
 # %% ../nbs/07_data.ipynb #02a34142
+@dataclass(frozen=True)
+class BadRowPolicy:
+    """What a stream does with a bad row (a `BadRow`: chapter 2, and the tasks of chapter 8): by default it stops at the
+    first, with one line naming the file, the row and what is wrong; with `skip` it skips bad rows as it meets them,
+    counting them by reason, and stops once more than `max_fraction` of the rows it has read so far (and more than
+    one) are bad. `hint` ends the line: what to do, in the words of the command that runs (its flags)."""
+    skip: bool = False
+    max_fraction: float = 0.01
+    hint: str = 'fix or remove the row'
+
+class RowCounts:
+    "Rows a stream has read and its bad rows by reason, applying a `BadRowPolicy`; part of the stream's state."
+    def __init__(self, policy: BadRowPolicy | None = None):
+        self.policy, self.read, self.bad = policy or BadRowPolicy(), 0, {}
+    def met(self, e: BadRow):
+        "Count a bad row; raise it (strict), or when the bad rows are now too many (skip)."
+        self.read += 1
+        e = e.at(e.where, self.policy.hint)
+        if not self.policy.skip: raise e
+        self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
+        n = sum(self.bad.values())
+        if n > max(1, self.policy.max_fraction * self.read):
+            kinds = ', '.join(f"{k} {v}" for k, v in sorted(self.bad.items()))
+            raise BadRow(e.reason, f"too many bad rows: {n} of the {self.read} read so far ({kinds}), more than "
+                         f"{self.policy.max_fraction:.1%}; the last: {e.what}", e.where, self.policy.hint)
+    def as_dict(self) -> dict: return {'rows_read': self.read, **self.bad}
+    def state_dict(self) -> dict: return {'read': self.read, 'bad': dict(self.bad)}
+    def load_state_dict(self, state: dict | None):
+        self.read, self.bad = (state or {}).get('read', 0), dict((state or {}).get('bad', {}))
+
 class TaskStream:
     """Rendered conversations of an indexable `task`, epoch after epoch; `mask_mode` 'all' or 'assistant'. Lane `lane`
-    of `lanes` takes keys lane, lane + lanes, …: conversation `key mod len(task)`, in epoch `key div len(task)`."""
-    def __init__(self, task, tokenizer: Tokenizer, max_tokens: int, mask_mode: str = 'all', lane: int = 0, lanes: int = 1):
+    of `lanes` takes keys lane, lane + lanes, …: conversation `key mod len(task)`, in epoch `key div len(task)`. A bad
+    row is met as `bad_rows` (a `BadRowPolicy`) says: by default it stops the stream; skipped rows are counted."""
+    def __init__(self, task, tokenizer: Tokenizer, max_tokens: int, mask_mode: str = 'all', lane: int = 0, lanes: int = 1,
+                 bad_rows: BadRowPolicy | None = None):
         if len(task) == 0: raise ValueError("the task mixture is empty: give it at least one task with examples")
         if mask_mode not in ('all', 'assistant'): raise ValueError(f"mask_mode must be 'all' or 'assistant', not {mask_mode!r}")
         if not 0 <= lane < lanes: raise ValueError(f"lane must be in [0, {lanes}), got {lane}")
         self.task, self.tokenizer, self.max_tokens, self.mask_mode = task, tokenizer, max_tokens, mask_mode
-        self.lanes, self.next_index = lanes, lane
+        self.lanes, self.next_index, self.counts = lanes, lane, RowCounts(bad_rows)
         self.epoch_items = len(range(lane, len(task), lanes))   # this lane's share of an epoch (the lanes' sum: the task)
     def render(self, key) -> Item:
-        ids, mask = self.tokenizer.render_conversation(self.task[key % len(self.task)], max_tokens=self.max_tokens)
+        g = key % len(self.task)
+        try: ids, mask = self.tokenizer.render_conversation(self.task[g], max_tokens=self.max_tokens)
+        except BadRow as e:   # placed: the task knows each example's file and row
+            raise e.at(self.task.where(g) if hasattr(self.task, 'where') else f"example {g}") from None
         return _item(key, ids, None if self.mask_mode == 'all' else mask)
     def next(self) -> Item:
-        item = self.render(self.next_index); self.next_index += self.lanes
-        return item
+        for _ in range(len(self.task) + 1):   # a bad row is skipped (or stops the stream), the next one is tried
+            key = self.next_index; self.next_index += self.lanes
+            try: item = self.render(key)
+            except BadRow as e: self.counts.met(e); continue
+            self.counts.read += 1
+            return item
+        raise ValueError(f"no row of this task can be used: every row of an epoch is bad ({self.counts.as_dict()})")
+    def row_counts(self) -> dict: return self.counts.as_dict()
     def epoch_of(self, key) -> int: return key // len(self.task) + 1
-    def state_dict(self) -> dict: return {'next_index': self.next_index}
-    def load_state_dict(self, state: dict): self.next_index = int(state['next_index'])
+    def state_dict(self) -> dict: return {'next_index': self.next_index, 'rows': self.counts.state_dict()}
+    def load_state_dict(self, state: dict):
+        self.next_index = int(state['next_index']); self.counts.load_state_dict(state.get('rows'))
 
 # %% ../nbs/07_data.ipynb #29934385
 def split_row_items(row: np.ndarray, bos: int, padding_start: int | None = None) -> list[list[int]]:
@@ -275,6 +319,7 @@ def rows_to_batch(rows: np.ndarray, train: np.ndarray, device='cpu') -> tuple[to
 
 # %% ../nbs/07_data.ipynb #acba011d
 LANE_STATS = tuple(f.name for f in fields(PackStats))
+ROW_COUNTS = ('rows_read', *BAD_ROW_REASONS)   # per lane, after the pack stats and the epoch
 
 def default_lanes(world_size: int = 1) -> int:
     "Lanes of a fresh run: 8, so that every world size up to 8 gets the same rows; the world size where that is larger."
@@ -331,8 +376,9 @@ class DataLoader:
             self._thread = threading.Thread(target=self._work, daemon=True); self._thread.start()
 
     def _lane_stats(self, v: int, state: dict) -> list[int]:
-        key = state.get('last_key')
-        return [state['stats'][k] for k in LANE_STATS] + [1 if key is None else self.lanes[v].stream.epoch_of(key)]
+        key, rows = state.get('last_key'), state.get('rows') or {}
+        return ([state['stats'][k] for k in LANE_STATS] + [1 if key is None else self.lanes[v].stream.epoch_of(key)]
+                + [rows.get(k, 0) for k in ROW_COUNTS])
 
     def _build(self):
         """This rank's share of the next global micro-batch: the rows it writes (encoded: all `W·b` rows' lanes that it
@@ -382,22 +428,40 @@ class DataLoader:
         return torch.stack(self.assemble(first, every))
 
     def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        "This rank's (inputs, targets) of the next global micro-batch."
+        "This rank's (inputs, targets) of the next global micro-batch; an error on any rank is raised on every rank."
         if self._stop.is_set(): raise RuntimeError("this DataLoader was closed")
         if self.partial and not self.distributed:
             raise RuntimeError("a loader that packs only some lanes needs a process group to exchange its rows")
-        out = self._build() if self._queue is None else self._queue.get()
-        if isinstance(out, BaseException): raise out
-        first, enc, states = out
-        for v, s in states.items(): self._states[v], self._stats[v] = s, self._lane_stats(v, s)
-        if self.distributed:
+        try:
+            out = self._build() if self._queue is None else self._queue.get()
+            if isinstance(out, BaseException): raise out
+        except Exception as e:
+            if not self.distributed: raise
+            out = e   # carried to the other ranks below, instead of leaving them waiting in the exchange
+        if not isinstance(out, BaseException):
+            first, enc, states = out
+            for v, s in states.items(): self._states[v], self._stats[v] = s, self._lane_stats(v, s)
+        if self.distributed:   # every lane's counts, each from the rank that packs it, and whether any rank failed
+            mine = torch.zeros(self._stats.size + 1, dtype=torch.int64, device=self.device)
+            own = np.zeros_like(self._stats); own[self.owned] = self._stats[self.owned]
+            mine[:-1] = torch.from_numpy(own.ravel()).to(self.device); mine[-1] = isinstance(out, BaseException)
+            every = all_reduce(mine).cpu().numpy()
+            if every[-1]: raise self._shared_error(out if isinstance(out, BaseException) else None)
+            self._stats = every[:-1].reshape(self._stats.shape)
             rows = self._exchange(first, enc)
-            mine = torch.zeros(self._stats.shape, dtype=torch.int64, device=self.device)
-            mine[self.owned] = torch.from_numpy(self._stats[self.owned]).to(self.device)
-            self._stats = all_reduce(mine).cpu().numpy()   # every lane's counts, each from the rank that packs it
         else: rows = enc
         self.row = first + self.world * self.b
         return encoded_to_batch(rows, self.device)
+
+    def _shared_error(self, mine: BaseException | None) -> BaseException:
+        "The error of the lowest failing rank, for every rank to raise: the same line everywhere (a collective)."
+        kind = lambda e: next(c for c in type(e).__mro__ if c.__module__ == 'builtins').__name__
+        text = lambda e: e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+        errors = _all_gather_json(None if mine is None else [kind(mine), text(mine)], self.device)
+        r, (name, msg) = next((r, m) for r, m in enumerate(errors) if m is not None)
+        if r == self.rank: return mine
+        try: return getattr(builtins, name)(msg)
+        except Exception: return RuntimeError(msg)
 
     def state_dict(self) -> dict:
         """After the last micro-batch taken: the next global row and every lane's packer state. In a process group each
@@ -410,7 +474,12 @@ class DataLoader:
     @property
     def stats(self) -> PackStats: return PackStats(*self._stats[:, :len(LANE_STATS)].sum(0).tolist())
     @property
-    def epoch(self) -> int: return int(self._stats[:, -1].max())
+    def epoch(self) -> int: return int(self._stats[:, len(LANE_STATS)].max())
+    @property
+    def bad_rows(self) -> dict:
+        "Bad rows skipped so far, by reason (every lane, every rank), and the rows read: for the training log."
+        counts = self._stats[:, len(LANE_STATS) + 1:].sum(0)
+        return {k: int(n) for k, n in zip(ROW_COUNTS, counts) if n or k == 'rows_read'}
     @property
     def progress(self) -> float:
         "Fraction of an epoch consumed (items that count towards it, over the epoch's size); 0 for endless streams."

@@ -5,6 +5,7 @@
 # %% ../nbs/08_tasks.ipynb #96d3052a
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -17,11 +18,13 @@ import numpy as np
 import torch
 
 from .common import print0
-from .data import Item, _item
+from .data import BadRowPolicy, Item, _item
+from .tokenizer import BadRow
 
 # %% auto #0
-__all__ = ['SPLITS', 'DATA_SUFFIXES', 'LETTERS', 'TASKS', 'Task', 'split_named', 'split_files', 'load_rows', 'HubTask',
-           'SmolTalk', 'multiple_choice_conversation', 'MMLU', 'ARC', 'ARCEasy', 'ARCChallenge', 'gsm8k_parts',
+__all__ = ['SPLITS', 'DATA_SUFFIXES', 'WHERE_PATHS', 'SHAREGPT_ROLES', 'LETTERS', 'TASKS', 'MIXTURE_KEYS', 'Task', 'split_named',
+           'split_files', 'Rows', 'load_rows', 'text_field', 'HubTask', 'chat_messages', 'SmolTalk', 'Chat',
+           'multiple_choice_conversation', 'choice_index', 'MMLU', 'ARC', 'ARCEasy', 'ARCChallenge', 'gsm8k_parts',
            'extract_final_number', 'same_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON', 'word_list',
            'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
            'draw_mixture_rows', 'mixture_spec', 'build_task', 'mixture_streams', 'build_mixture_stream']
@@ -35,6 +38,9 @@ class Task:
         self.start, self.stop, self.step = start, stop, step
     def num_examples(self) -> int: raise NotImplementedError
     def get_example(self, index: int) -> dict: raise NotImplementedError
+    def locate(self, index: int) -> str:
+        "Where example `index` (before slicing) comes from, for error messages: a file and row where there is one."
+        return f"{getattr(self, 'name', type(self).__name__)} example {index}"
     def _range(self) -> range:
         n = self.num_examples()
         return range(self.start, n if self.stop is None else min(self.stop, n), self.step)
@@ -42,86 +48,201 @@ class Task:
     def __getitem__(self, i: int) -> dict:
         r = self._range()
         if not -len(r) <= i < len(r): raise IndexError(f"{type(self).__name__} index {i} out of range ({len(r)} examples)")
-        return self.get_example(r[i])
+        try: return self.get_example(r[i])
+        except BadRow as e: raise e.at(self.locate(r[i])) from None
+    def where(self, i: int) -> str: return self.locate(self._range()[i])
+    @property
+    def can_evaluate(self) -> bool:
+        "Whether the task has answers to check: multiple choice, or an `evaluate` of its own."
+        return self.eval_type == 'categorical' or type(self).evaluate is not Task.evaluate
+    def evaluate(self, conversation, completion: str) -> bool:
+        name = getattr(self, 'name', type(self).__name__)
+        raise ValueError(f"{name} cannot be evaluated: its conversations have no answer to check (it is data to train on, "
+                         "in a mixture); evaluate a task with answers: MMLU, ARC-Easy, ARC-Challenge, GSM8K, HumanEval, "
+                         "SpellingBee, SimpleSpelling, Arithmetic")
     def __repr__(self): return f"{type(self).__name__}({len(self)} examples)"
 
 # %% ../nbs/08_tasks.ipynb #caad210b
 SPLITS = {'train': 'train', 'test': 'test', 'validation': 'validation', 'val': 'validation', 'valid': 'validation',
-          'dev': 'validation'}   # the words hub repos, `datasets` and MMLU's original release use for their splits
-DATA_SUFFIXES = ('.json', '.jsonl', '.parquet')
+          'dev': 'dev'}   # the words hub repos, `datasets` and MMLU's original release use for their splits
+DATA_SUFFIXES = ('.json', '.jsonl', '.parquet', '.csv')
+WHERE_PATHS = ("nanolit_eval: --task-path {task}=<file or folder>; midtraining and SFT: a `path:` key on the {task} "
+               "entry of the --mixture YAML file (the data chapter shows the schema)")
 
 def split_named(path: Path) -> str | None:
-    "The split a data file's name or folders name ('train', 'test', 'validation'), or None: `data/test-00000.parquet` is test."
+    "The split a data file's name or folders name ('train', 'test', 'validation', 'dev'), or None: `data/test-00000.parquet` is test."
     words = {w for part in path.parts for w in re.split(r'[^a-z]+', part.lower())}
     found = {SPLITS[w] for w in words if w in SPLITS}
     return found.pop() if len(found) == 1 else None
 
+def _pick_split(named: dict, split: str) -> list:
+    "The files of `split` among `named` (file -> split); validation and MMLU's dev stand in for each other when alone."
+    want = SPLITS.get(split, split)
+    for w in (want, {'validation': 'dev', 'dev': 'validation'}.get(want)):
+        mine = [f for f, s in named.items() if s == w]
+        if mine: return mine
+    return []
+
 def split_files(path: str | Path, split: str, subset: str | None = None) -> list[Path]:
     """The data files of `split` at `path`: the file itself; or, in a folder (a hub repo's snapshot, a folder of split
-    files), those whose name or folders name that split, inside the `subset` folder when there is one. A folder whose
-    files name no split is one split; a folder whose files name other splits only is refused, never mixed in."""
+    files, MMLU's `test/<subject>_test.csv`), those whose name or folders name that split, inside the `subset` folder
+    when there is one (or the files named `<subset>_…`). A folder whose files name no split is one split; a folder whose
+    files name other splits only is refused, never mixed in."""
     p = Path(path).expanduser()
     if p.is_file(): return [p]
-    if not p.is_dir(): raise FileNotFoundError(f"no file or folder at {p}: give a .json/.jsonl/.parquet file or a folder of them")
+    if not p.is_dir(): raise FileNotFoundError(f"no file or folder at {p}: give a .json/.jsonl/.parquet/.csv file or a folder of them")
     if subset and (p / subset).is_dir(): p = p / subset
-    files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix in DATA_SUFFIXES)
-    if not files: raise FileNotFoundError(f"no .json/.jsonl/.parquet file in {p}")
+    files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix in DATA_SUFFIXES and not f.name.startswith('.'))
+    if not files: raise FileNotFoundError(f"no .json/.jsonl/.parquet/.csv file in {p}: point at the data files' folder")
+    if subset and p.name != subset and (own := [f for f in files if f.name.startswith(subset + '_')]): files = own
     named = {f: split_named(f.relative_to(p)) for f in files}
     if not any(named.values()): return files
-    want = SPLITS.get(split, split)
-    mine = [f for f in files if named[f] == want]
+    mine = _pick_split(named, split)
     if not mine:
         raise FileNotFoundError(f"{p} holds the {', '.join(sorted({s for s in named.values() if s}))} split(s), not "
                                 f"{split}: point at the {split} file or at a folder that has it")
     return mine
 
-def load_rows(hf_id: str, subset: str | None = None, split: str = 'train', path: str | Path | None = None):
-    """Rows of a dataset: from local files at `path` (a file, a folder of split files, a hub snapshot, a `save_to_disk`
-    folder: `split`'s files only, and it says which it read), else from the hub id `hf_id` (fails fast offline)."""
+class Rows:
+    "Rows read from data files (or the hub), each traceable to its file and row: `rows.where(i)` is 'FILE row N'."
+    def __init__(self, parts: list[tuple[str, object]]):
+        self.parts = [(name, ds) for name, ds in parts if len(ds)]
+        self.starts = np.cumsum([0] + [len(ds) for _, ds in self.parts]).tolist()
+    def __len__(self) -> int: return self.starts[-1]
+    def _find(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self): raise IndexError(f"row {i} out of range ({len(self)} rows)")
+        k = bisect.bisect_right(self.starts, i) - 1
+        return k, i - self.starts[k]
+    def __getitem__(self, i: int) -> dict:
+        k, j = self._find(i)
+        return self.parts[k][1][j]
+    def where(self, i: int) -> str:
+        k, j = self._find(i)
+        return f"{self.parts[k][0]} row {j + 1}"
+
+def _csv_options(file: Path, columns: tuple | None) -> dict:
+    "How `datasets` should read a CSV: every value a string; with `columns`, no header row unless the file has one."
+    import csv
+    from datasets import Features, Value
+    with open(file, newline='', encoding='utf-8') as f: first = next(csv.reader(f), [])
+    if not columns or [c.strip().lower() for c in first] == [c.lower() for c in columns]:
+        names = first if not columns else list(columns)
+        return {'features': Features({c: Value('string') for c in names}), 'keep_default_na': False}
+    if len(first) != len(columns):
+        raise ValueError(f"{file} has {len(first)} columns, the task reads {len(columns)} ({', '.join(columns)}) from a "
+                         "headerless CSV: give the file those columns, or a header row naming its columns")
+    return {'column_names': list(columns), 'header': None, 'keep_default_na': False,
+            'features': Features({c: Value('string') for c in columns})}
+
+def _read_files(files: list[Path], columns: tuple | None) -> Rows:
+    "Each file's rows with `datasets` (one builder call per format), kept apart so that a row can be traced to its file."
     from datasets import load_dataset
+    fmt = {'.parquet': 'parquet', '.csv': 'csv'}.get(files[0].suffix, 'json')
+    if any({'.parquet': 'parquet', '.csv': 'csv'}.get(f.suffix, 'json') != fmt for f in files):
+        raise ValueError(f"{files[0].parent} mixes file formats ({', '.join(sorted({f.suffix for f in files}))}): keep one format per folder")
+    kw = _csv_options(files[0], columns) if fmt == 'csv' else {}
+    try: dd = load_dataset(fmt, data_files={f"f{i}": str(f) for i, f in enumerate(files)}, **kw)
+    except Exception as e:
+        bad = next((f for f in files if not _readable(fmt, f, kw)), files[0]) if len(files) > 1 else files[0]
+        cause = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{bad} could not be read as {fmt.upper()} ({cause}): fix the file or leave it out of the folder") from e
+    return Rows([(str(f), dd[f"f{i}"]) for i, f in enumerate(files)])
+
+def _readable(fmt: str, file: Path, kw: dict) -> bool:
+    from datasets import load_dataset
+    try: load_dataset(fmt, data_files=str(file), split='train', **kw); return True
+    except Exception: return False
+
+def load_rows(hf_id: str, subset: str | None = None, split: str = 'train', path: str | Path | None = None,
+              columns: tuple | None = None, task: str = '') -> Rows:
+    """Rows of a dataset: from local files at `path` (a file, a folder of split files, a hub snapshot, a `save_to_disk`
+    folder: `split`'s files only, and it says which it read; CSV columns named by `columns` when it has no header), else
+    from the hub id `hf_id` (fails fast offline, saying how `task` can be given local files)."""
+    from datasets import load_dataset
+    label, task = task or hf_id or 'rows', task or 'TASK'
     if path is not None:
         p = Path(path).expanduser()
         if (p / 'dataset_dict.json').exists() or (p / 'state.json').exists():   # `datasets`' save_to_disk
             from datasets import load_from_disk
             ds = load_from_disk(str(p))
             if hasattr(ds, 'keys'):
-                key = next((k for k in ds.keys() if SPLITS.get(k, k) == SPLITS.get(split, split)), None)
-                if key is None: raise FileNotFoundError(f"{p} holds the splits {', '.join(ds.keys())}, not {split}")
+                key = next(iter(_pick_split({k: SPLITS.get(k, k) for k in ds.keys()}, split)), None)
+                if key is None: raise FileNotFoundError(f"{p} holds the splits {', '.join(ds.keys())}, not {split}: "
+                                                        f"point at a save_to_disk folder with a {split} split")
                 ds = ds[key]
-            print0(f"{hf_id or 'rows'}: {len(ds):,} {split} rows from {p} (save_to_disk)")
-            return ds
+            print0(f"{label}: {len(ds):,} {split} rows from {p} (save_to_disk)")
+            return Rows([(str(p), ds)])
         files = split_files(p, split, subset)
-        fmt = 'parquet' if files[0].suffix == '.parquet' else 'json'
-        ds = load_dataset(fmt, data_files=[str(f) for f in files], split='train')
-        print0(f"{hf_id or 'rows'}: {len(ds):,} {split} rows from {', '.join(str(f) for f in files[:3])}"
+        rows = _read_files(files, columns)
+        print0(f"{label}: {len(rows):,} {split} rows from {', '.join(str(f) for f in files[:3])}"
               + (f" and {len(files) - 3} more" if len(files) > 3 else ''))
-        return ds
+        return rows
     offline = any(os.environ.get(k, '').lower() in ('1', 'true', 'yes') for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
+    what = f"{task} needs {hf_id} ({subset or 'default'}/{split}) from the Hugging Face hub"
     if offline:
-        raise ConnectionError(f"{hf_id} ({subset or 'default'}/{split}) needs the Hugging Face hub, which is switched off "
-                              f"(HF_HUB_OFFLINE=1): download it elsewhere and point at the files: nanolit_eval --task-path "
-                              f"TASK=<file or folder>, or a `path:` key on the task in a mixture YAML (--mixture FILE); or "
-                              f"use the offline mixture (--mixture default)")
-    try: return load_dataset(hf_id, subset, split=split)
+        raise ConnectionError(f"{what}, which is switched off (HF_HUB_OFFLINE=1): download it elsewhere and point at the "
+                              f"files: {WHERE_PATHS.format(task=task)}")
+    try: ds = load_dataset(hf_id, subset, split=split)
     except Exception as e:
-        raise ConnectionError(f"could not load {hf_id} ({subset or 'default'}/{split}) from the hub: {type(e).__name__}: {e}. "
-                              "Check the network, or point at local files (nanolit_eval --task-path TASK=<file or folder>, "
-                              "or a `path:` key in a mixture YAML)") from e
+        raise ConnectionError(f"{what}, and it could not be loaded ({type(e).__name__}: {' '.join(str(e).split())[:300]}): "
+                              f"check the network, or point at local files: {WHERE_PATHS.format(task=task)}") from e
+    return Rows([(f"{hf_id} {subset or 'default'}/{split}", ds)])
+
+def text_field(row: dict, key: str) -> str:
+    "`row[key]` as a non-empty string, or a `BadRow` saying which field is missing or wrong."
+    v = row.get(key) if isinstance(row, dict) else None
+    if v is None: raise BadRow('missing_field', f"no {key!r} field")
+    if not isinstance(v, str): raise BadRow('non_string_content', f"the {key!r} field is a {type(v).__name__}, not text")
+    if not v.strip(): raise BadRow('empty_content', f"the {key!r} field is empty")
+    return v
 
 class HubTask(Task):
-    "A task whose rows come from `load_rows`; subclasses turn a row into a conversation."
-    hf_id, default_subset = '', None
+    """A task whose rows come from `load_rows`; subclasses turn a row into a conversation (`row_to_conversation`),
+    raising `BadRow` for a row they cannot use. `csv_columns` names the columns of a headerless CSV."""
+    hf_id, default_subset, csv_columns = '', None, None
     def __init__(self, subset=None, split='train', path=None, **kwargs):
         super().__init__(**kwargs)
-        self.rows = load_rows(self.hf_id, subset or self.default_subset, split, path)
+        self.name = getattr(self, 'name', None) or type(self).__name__
+        self.rows = load_rows(self.hf_id, subset or self.default_subset, split, path, self.csv_columns, self.name)
     def num_examples(self): return len(self.rows)
-    def get_example(self, index): return self.row_to_conversation(self.rows[index])
+    def locate(self, index): return self.rows.where(index) if hasattr(self.rows, 'where') else super().locate(index)
+    def get_example(self, index):
+        row = self.rows[index]
+        try: return self.row_to_conversation(row)
+        except KeyError as e: raise BadRow('missing_field', f"no {e.args[0]!r} field") from None
 
 # %% ../nbs/08_tasks.ipynb #e922f612
+SHAREGPT_ROLES = {'human': 'user', 'user': 'user', 'gpt': 'assistant', 'assistant': 'assistant', 'system': 'system'}
+
+def chat_messages(row) -> list[dict]:
+    """nanolit's messages from a chat row in either common form, told apart by the row's keys: OpenAI/HF `messages`
+    ({role, content}) or ShareGPT `conversations` ({from, value}; from human, gpt or system). A bare list is messages."""
+    if isinstance(row, list): msgs, key = row, 'messages'
+    elif isinstance(row, dict) and row.get('messages') is not None: msgs, key = row['messages'], 'messages'
+    elif isinstance(row, dict) and row.get('conversations') is not None: msgs, key = row['conversations'], 'conversations'
+    else: raise BadRow('no_messages', "neither a 'messages' list (role, content) nor a ShareGPT 'conversations' list (from, value)")
+    if not isinstance(msgs, list) or not msgs: raise BadRow('no_messages', f"the {key!r} list is empty")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict): raise BadRow('unknown_role', f"message {i} is not a mapping")
+        if m.get('role') is None and m.get('from') is not None:   # ShareGPT
+            role = SHAREGPT_ROLES.get(m['from'])
+            if role is None: raise BadRow('unknown_role', f"message {i} is from {m['from']!r}: ShareGPT roles are human, gpt and system")
+            out.append({'role': role, 'content': m.get('value')})
+        else: out.append({'role': m.get('role'), 'content': m.get('content')})
+    return out
+
 class SmolTalk(HubTask):
-    "General chat conversations (rows with a `messages` list)."
+    "General chat conversations (rows with a `messages` list, or ShareGPT `conversations`)."
     hf_id = 'HuggingFaceTB/smol-smoltalk'
-    def row_to_conversation(self, row): return {'messages': [{'role': m['role'], 'content': m['content']} for m in row['messages']]}
+    def row_to_conversation(self, row): return {'messages': chat_messages(row)}
+
+class Chat(SmolTalk):
+    "Your own conversations: `path` to files in any layout `load_rows` reads, rows in `messages` or ShareGPT form."
+    hf_id = ''
+    def __init__(self, path=None, split='train', **kwargs):
+        if path is None: raise ValueError("the Chat task reads your own files: give it a `path:` (a file or a folder)")
+        super().__init__(None, split, path, **kwargs)
 
 # %% ../nbs/08_tasks.ipynb #da6ae03c
 LETTERS = 'ABCDEFGHIJ'
@@ -133,22 +254,40 @@ def multiple_choice_conversation(question: str, choices: list[str], answer: int)
     return {'messages': [{'role': 'user', 'content': user}, {'role': 'assistant', 'content': LETTERS[answer]}],
             'letters': list(LETTERS[:len(choices)])}
 
+def choice_index(answer, n: int) -> int:
+    "The index of a multiple-choice answer given as a letter ('B') or an index (1), or a `BadRow`."
+    letters = LETTERS[:n]
+    if isinstance(answer, str) and answer.strip().upper() in letters and answer.strip(): return letters.index(answer.strip().upper())
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < n: return answer
+    raise BadRow('bad_answer', f"the answer {answer!r} is not one of {', '.join(letters)} (or an index 0-{n - 1})")
+
 class MMLU(HubTask):
-    "MMLU multiple choice (subsets 'all', 'auxiliary_train', or a subject); rows: question, choices, answer."
+    """MMLU multiple choice (subsets 'all', 'auxiliary_train', or a subject); rows: question, choices, answer (the hub's
+    schema) or question, A, B, C, D, answer letter (the original release's headerless CSVs)."""
     hf_id, default_subset, eval_type = 'cais/mmlu', 'all', 'categorical'
+    csv_columns = ('question', 'A', 'B', 'C', 'D', 'answer')
     def row_to_conversation(self, row):
-        if 'train' in row and isinstance(row['train'], dict): row = row['train']   # auxiliary_train nests its rows
-        return multiple_choice_conversation(row['question'], list(row['choices']), int(row['answer']))
+        if isinstance(row.get('train'), dict): row = row['train']   # auxiliary_train nests its rows
+        question = text_field(row, 'question')
+        choices = list(row['choices']) if row.get('choices') is not None else [row.get(l) for l in 'ABCD']
+        if not choices or not all(isinstance(x, str) for x in choices):
+            raise BadRow('missing_field', "the choices must be texts ('choices' list, or columns A, B, C, D)")
+        return multiple_choice_conversation(question, choices, choice_index(row.get('answer'), len(choices)))
 
 class ARC(HubTask):
     "AI2 ARC multiple choice (subsets 'ARC-Easy', 'ARC-Challenge'); rows: question, choices{text,label}, answerKey."
     hf_id, default_subset, eval_type = 'allenai/ai2_arc', 'ARC-Easy', 'categorical'
     def __init__(self, subset=None, split='train', path=None, **kwargs):
-        super().__init__(subset, split, path, **kwargs)
         self.name = subset or self.default_subset   # the two subsets are two tasks, reported apart
+        super().__init__(subset, split, path, **kwargs)
     def row_to_conversation(self, row):
-        labels = list(row['choices']['label'])
-        return multiple_choice_conversation(row['question'], list(row['choices']['text']), labels.index(row['answerKey']))
+        question, choices = text_field(row, 'question'), row.get('choices')
+        if not isinstance(choices, dict) or not choices.get('text') or len(choices['text']) != len(choices.get('label') or []):
+            raise BadRow('missing_field', "no 'choices' with as many 'text' as 'label' entries")
+        labels = list(choices['label'])
+        if row.get('answerKey') not in labels:
+            raise BadRow('bad_answer', f"the answerKey {row.get('answerKey')!r} is not one of the labels {', '.join(map(str, labels))}")
+        return multiple_choice_conversation(question, list(choices['text']), labels.index(row['answerKey']))
 
 class ARCEasy(ARC):
     "ARC's easy subset, as a task of its own (`ARC-Easy`)."
@@ -197,9 +336,9 @@ class GSM8K(HubTask):
     "Grade-school math with calculator tool calls; rows: question, answer."
     hf_id, default_subset = 'openai/gsm8k', 'main'
     def row_to_conversation(self, row):
-        return {'messages': [{'role': 'user', 'content': row['question']},
-                             {'role': 'assistant', 'content': gsm8k_parts(row['answer'])}],
-                'answer': extract_final_number(row['answer'])}
+        question, answer = text_field(row, 'question'), text_field(row, 'answer')
+        return {'messages': [{'role': 'user', 'content': question}, {'role': 'assistant', 'content': gsm8k_parts(answer)}],
+                'answer': extract_final_number(answer)}
     def evaluate(self, conversation, completion: str) -> bool:
         return same_number(extract_final_number(completion), conversation['answer'])
 
@@ -212,19 +351,33 @@ def identity_conversations_path() -> Path:
     return path
 
 class CustomJSON(Task):
-    "Conversations from a .jsonl file, one per line."
-    def __init__(self, filepath=None, **kwargs):
+    """Conversations from a .jsonl file (one per line) or a .json list, each `{"messages": [...]}`, ShareGPT
+    `{"conversations": [...]}` or a bare list of messages. A line that is not JSON is a bad row (`unreadable`)."""
+    def __init__(self, filepath=None, path=None, **kwargs):
         super().__init__(**kwargs)
-        self.filepath = Path(filepath) if filepath else identity_conversations_path()
-        if not self.filepath.exists(): raise FileNotFoundError(f"no conversations file at {self.filepath}")
-        self.conversations = []
-        for i, line in enumerate(self.filepath.read_text(encoding='utf-8').splitlines()):
-            if not line.strip(): continue
-            try: obj = json.loads(line)
-            except json.JSONDecodeError as e: raise ValueError(f"{self.filepath}:{i + 1} is not valid JSON: {e}") from e
-            self.conversations.append(obj if isinstance(obj, dict) else {'messages': obj})
+        given = filepath or path
+        self.filepath, self.name = Path(given).expanduser() if given else identity_conversations_path(), 'CustomJSON'
+        if not self.filepath.is_file():
+            raise FileNotFoundError(f"no conversations file at {self.filepath}: give the task's `path:` a .jsonl or .json file")
+        text = self.filepath.read_text(encoding='utf-8')
+        if self.filepath.suffix == '.json' and text.lstrip().startswith('['):
+            try: self.conversations = json.loads(text)
+            except json.JSONDecodeError as e: raise ValueError(f"{self.filepath} is not valid JSON ({e}): fix the file") from None
+            self.lines, self.unit = list(range(1, len(self.conversations) + 1)), 'item'
+        else:
+            self.conversations, self.lines, self.unit = [], [], 'line'
+            for i, line in enumerate(text.splitlines()):
+                if not line.strip(): continue
+                try: obj = json.loads(line)
+                except json.JSONDecodeError as e: obj = BadRow('unreadable', f"not valid JSON ({e.msg} at column {e.colno})")
+                self.conversations.append(obj); self.lines.append(i + 1)
     def num_examples(self): return len(self.conversations)
-    def get_example(self, index): return self.conversations[index]
+    def locate(self, index): return f"{self.filepath} {self.unit} {self.lines[index]}"
+    def get_example(self, index):
+        obj = self.conversations[index]
+        if isinstance(obj, BadRow): raise BadRow(obj.reason, obj.what)
+        conv = {k: v for k, v in obj.items() if k != 'conversations'} if isinstance(obj, dict) else {}
+        return {**conv, 'messages': chat_messages(obj)}
 
 # %% ../nbs/08_tasks.ipynb #aa2b135b
 def _hash_frac(s: str) -> float:
@@ -310,6 +463,9 @@ class TaskMixture(Task):
     def get_example(self, index):
         t, i = self.index[index]
         return self.tasks[t][i]
+    def locate(self, index):
+        t, i = self.index[index]
+        return self.tasks[t].where(i) if hasattr(self.tasks[t], 'where') else f"example {i}"
 
 # %% ../nbs/08_tasks.ipynb #eb42026d
 class MixtureStream:
@@ -340,6 +496,13 @@ class MixtureStream:
     def epoch_of(self, key) -> int:
         s = self.streams[self.progress_streams[0]] if self.progress_streams else None
         return s.epoch_of(key[1]) if s is not None and key[0] == self.progress_streams[0] else 1
+    def row_counts(self) -> dict:
+        "Rows read and bad rows by reason, summed over the streams that count them (tasks; not replay)."
+        total = {}
+        for n in self.names:
+            for k, v in (self.streams[n].row_counts() if hasattr(self.streams[n], 'row_counts') else {}).items():
+                total[k] = total.get(k, 0) + v
+        return total
     def state_dict(self) -> dict:
         return {'tokens': dict(self.tokens), 'streams': {n: self.streams[n].state_dict() for n in self.names}}
     def load_state_dict(self, state: dict):
@@ -363,7 +526,7 @@ def draw_mixture_rows(packer, n: int, ax=None, title: str = ''):
     ax.set(xlabel='position', ylabel='row', title=title); ax.invert_yaxis()
 
 # %% ../nbs/08_tasks.ipynb #e8cf974a
-TASKS = {c.__name__: c for c in (SmolTalk, MMLU, ARC, GSM8K, CustomJSON, SimpleSpelling, SpellingBee, Arithmetic)}
+TASKS = {c.__name__: c for c in (SmolTalk, Chat, MMLU, ARC, GSM8K, CustomJSON, SimpleSpelling, SpellingBee, Arithmetic)}
 TASKS.update({'ARC-Easy': ARCEasy, 'ARC-Challenge': ARCChallenge})   # ARC's subsets as tasks of their own
 
 def _builtin_mixture(name: str, split: str, scale: float = 1.0, mmlu_epochs: int = 1, gsm8k_epochs: int = 1) -> list[dict]:
@@ -383,30 +546,51 @@ def _builtin_mixture(name: str, split: str, scale: float = 1.0, mmlu_epochs: int
                 {'task': 'GSM8K', 'split': 'test', 'stop': 420}]
     raise ValueError(f"unknown mixture {name!r}: use default, nanochat, or a .yaml/.json mixture file")
 
+MIXTURE_KEYS = {'task': 'the task: a name of TASKS', 'path': 'local data: a file or folder (hub tasks, Chat, CustomJSON)',
+                'subset': "a hub task's subset (MMLU: 'all', 'auxiliary_train' or a subject; GSM8K: 'main')",
+                'split': "train, test or validation (the train split when not given)", 'size': 'examples of a generated task',
+                'seed': "a generated task's draw", 'start': 'first example', 'stop': 'stop before this example',
+                'step': 'every step-th example', 'epochs': 'times the task is listed (a whole number)',
+                'weight': 'share of the tokens (give every task one, or none)'}   # every key of a mixture entry
+
 def mixture_spec(name_or_file: str, split: str = 'train', **kwargs) -> list[dict]:
-    "The task list of a built-in mixture or of a YAML/JSON mixture file, for `split` ('train' or 'val')."
+    "The task list of a built-in mixture or of a YAML/JSON mixture file, for `split` ('train' or 'val'), checked key by key."
     p = Path(name_or_file)
     if p.suffix in ('.yaml', '.yml', '.json'):
-        if not p.exists(): raise FileNotFoundError(f"no mixture file at {p}")
+        if not p.exists(): raise FileNotFoundError(f"no mixture file at {p}: check the --mixture path")
         import yaml
-        spec = yaml.safe_load(p.read_text()) if p.suffix != '.json' else json.loads(p.read_text())
-        if not isinstance(spec, dict) or 'train' not in spec:
-            raise ValueError(f"{p} must hold a mapping with a 'train' list of tasks (and optionally 'val')")
-        return list(spec.get(split) or [])
+        try: spec = yaml.safe_load(p.read_text()) if p.suffix != '.json' else json.loads(p.read_text())
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {' '.join(str(e).split())}") from None
+        if not isinstance(spec, dict) or 'train' not in spec or set(spec) - {'train', 'val'}:
+            raise ValueError(f"{p} must hold a mapping with a 'train' list of tasks and optionally a 'val' list (no other keys)")
+        entries = spec.get(split) or []
+        for i, e in enumerate(entries if isinstance(entries, list) else [entries]):
+            if not isinstance(e, dict) or 'task' not in e:
+                raise ValueError(f"{p}: entry {i + 1} of '{split}' must be a mapping with a 'task' key, like {{task: GSM8K, path: data/gsm8k}}")
+            if unknown := sorted(set(e) - set(MIXTURE_KEYS)):
+                raise ValueError(f"{p}: unknown key {unknown[0]!r} on the {e['task']} entry of '{split}': the keys are {', '.join(MIXTURE_KEYS)}")
+        return list(entries)
     return _builtin_mixture(name_or_file, split, **kwargs)
 
 def build_task(entry: dict) -> Task:
     "A task from one entry of a mixture spec (`task`: class name, other keys: its arguments)."
+    import inspect
     entry = dict(entry)
     name = entry.pop('task', None)
     if name not in TASKS: raise ValueError(f"unknown task {name!r} in the mixture: use one of {', '.join(TASKS)}")
     entry.pop('epochs', None); entry.pop('weight', None)
-    return TASKS[name](**entry)
+    cls = TASKS[name]
+    takes = {q for c in cls.__mro__ if '__init__' in vars(c) for q in inspect.signature(c.__init__).parameters} - {'self', 'kwargs'}
+    if unknown := sorted(set(entry) - takes):
+        raise ValueError(f"the {name} task of the mixture takes no {unknown[0]!r}: its keys are {', '.join(sorted(takes))}")
+    return cls(**entry)
 
 def mixture_streams(spec: list[dict], tokenizer, max_tokens: int, mask_mode: str, replay=None, replay_ratio: float = 0.0,
-                    seed: int = 42, lanes: int = 1) -> list:
+                    seed: int = 42, lanes: int = 1, bad_rows: BadRowPolicy | None = None) -> list:
     """One stream per lane for a spec: tasks by rows (a TaskMixture) or by token weights, plus `replay(lane, lanes)` (a
-    stream of pretraining text) at `replay_ratio` of the tokens. The tasks are built once and shared by the lanes."""
+    stream of pretraining text) at `replay_ratio` of the tokens. The tasks are built once and shared by the lanes; a
+    bad row is met as `bad_rows` says (by default it stops the run)."""
     from nanolit.data import TaskStream
     if not 0 <= replay_ratio < 1: raise ValueError(f"--replay-ratio must be in [0, 1), got {replay_ratio}")
     if not spec: raise ValueError("the mixture is empty: list at least one task (or use --mixture default)")
@@ -423,14 +607,15 @@ def mixture_streams(spec: list[dict], tokenizer, max_tokens: int, mask_mode: str
     total = sum(w for _, w in sources.values())
     out = []
     for v in range(lanes):
-        streams = {k: TaskStream(t, tokenizer, max_tokens, mask_mode, lane=v, lanes=lanes) for k, (t, _) in sources.items()}
+        streams = {k: TaskStream(t, tokenizer, max_tokens, mask_mode, lane=v, lanes=lanes, bad_rows=bad_rows)
+                   for k, (t, _) in sources.items()}
         weights = {k: w / total * (1 - replay_ratio) for k, (_, w) in sources.items()}
         if replay_ratio > 0: streams['replay'], weights['replay'] = replay(v, lanes), replay_ratio
         out.append(MixtureStream(streams, weights, progress_streams=[k for k in streams if k != 'replay']))
     return out
 
 def build_mixture_stream(spec: list[dict], tokenizer, max_tokens: int, mask_mode: str, replay=None,
-                         replay_ratio: float = 0.0, seed: int = 42):
+                         replay_ratio: float = 0.0, seed: int = 42, bad_rows: BadRowPolicy | None = None):
     "A single stream (one lane) for a spec, with the stream `replay` at `replay_ratio` of the tokens."
     return mixture_streams(spec, tokenizer, max_tokens, mask_mode, None if replay is None else lambda v, S: replay,
-                           replay_ratio, seed)[0]
+                           replay_ratio, seed, bad_rows=bad_rows)[0]

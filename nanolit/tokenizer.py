@@ -20,9 +20,9 @@ import torch
 from .common import get_base_dir, in_notebook, print0
 
 # %% auto #0
-__all__ = ['SPLIT_PATTERN', 'SPECIAL_TOKENS', 'train_bpe', 'Tokenizer', 'read_nanochat_encoding', 'default_tokenizer_dir',
-           'get_tokenizer', 'get_token_bytes', 'validate_conversation', 'mask_html', 'bytes_per_token',
-           'train_tokenizer', 'main']
+__all__ = ['SPLIT_PATTERN', 'SPECIAL_TOKENS', 'BAD_ROW_REASONS', 'train_bpe', 'Tokenizer', 'read_nanochat_encoding',
+           'default_tokenizer_dir', 'get_tokenizer', 'get_token_bytes', 'BadRow', 'validate_conversation', 'mask_html',
+           'bytes_per_token', 'train_tokenizer', 'main']
 
 # %% ../nbs/02_tokenizer.ipynb #131cdeeb
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
@@ -183,31 +183,56 @@ def get_token_bytes(device: torch.device | str = 'cpu', directory: Path | str | 
     return torch.load(directory / 'token_bytes.pt', map_location=device)
 
 # %% ../nbs/02_tokenizer.ipynb #4bc7ad81
+BAD_ROW_REASONS = ('no_messages', 'role_order', 'unknown_role', 'non_string_content', 'empty_content', 'unknown_part',
+                   'missing_field', 'bad_answer', 'unreadable')   # the kinds of bad rows, as counted when skipped
+
+class BadRow(ValueError):
+    """A data row that cannot become a conversation: its `reason` (one of `BAD_ROW_REASONS`), what is wrong, and, once
+    known, where (`file row n`) and what to do. One line, so that a command can print it as it is."""
+    def __init__(self, reason: str, what: str, where: str | None = None, hint: str | None = None):
+        if reason not in BAD_ROW_REASONS: raise ValueError(f"unknown bad-row reason {reason!r}")
+        self.reason, self.what, self.where, self.hint = reason, ' '.join(what.split()), where, hint
+        super().__init__((f"{where}: " if where else '') + self.what + (f"; {hint}" if hint else ''))
+    def at(self, where: str, hint: str | None = None) -> 'BadRow':
+        "The same error, placed (`where`) and with what to do (`hint`), keeping what it already had."
+        return BadRow(self.reason, self.what, self.where or where, self.hint or hint)
+    def __reduce__(self): return BadRow, (self.reason, self.what, self.where, self.hint)
+
 def _parts(content) -> list[dict]:
     return [{'type': 'text', 'text': content}] if isinstance(content, str) else list(content)
 
 def validate_conversation(conversation) -> list[dict]:
-    "The messages of `conversation`, system merged into the first user turn; a clear error when malformed."
-    messages = conversation['messages'] if isinstance(conversation, dict) else conversation
-    if not messages: raise ValueError("empty conversation: it needs at least one user message")
+    "The messages of `conversation`, system merged into the first user turn; a `BadRow` saying what is wrong when malformed."
+    messages = conversation.get('messages') if isinstance(conversation, dict) else conversation
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise BadRow('no_messages', "empty conversation: it needs at least one user message" if isinstance(messages, (list, tuple))
+                     else "no 'messages' list")
+    if not all(isinstance(m, dict) for m in messages): raise BadRow('unknown_role', "a message is not a {role, content} mapping")
     messages = [dict(m) for m in messages]
     if messages[0].get('role') == 'system':
         if len(messages) < 2 or messages[1].get('role') != 'user':
-            raise ValueError("a system message must be followed by a user message")
+            raise BadRow('role_order', "a system message must be followed by a user message")
+        if not isinstance(messages[0].get('content'), str) or not isinstance(messages[1].get('content'), str):
+            raise BadRow('non_string_content', "a system message and the user message after it must have string content")
         messages[1]['content'] = f"{messages[0]['content']}\n\n{messages[1]['content']}"
         messages = messages[1:]
     for i, m in enumerate(messages):
-        want = 'user' if i % 2 == 0 else 'assistant'
-        if m.get('role') != want:
-            raise ValueError(f"message {i} has role {m.get('role')!r} but {want!r} was expected: roles must alternate "
-                             "user, assistant, ... (an optional system message may come first)")
+        want, role = ('user' if i % 2 == 0 else 'assistant'), m.get('role')
+        if role not in ('user', 'assistant', 'system'): raise BadRow('unknown_role', f"message {i} has the unknown role {role!r}")
+        if role != want:
+            raise BadRow('role_order', f"message {i} has role {role!r} but {want!r} was expected: roles must alternate "
+                         "user, assistant, ... (an optional system message may come first)")
         content = m.get('content')
-        if want == 'user' and not isinstance(content, str): raise ValueError(f"message {i} (user): content must be a string")
+        if want == 'user' and not isinstance(content, str): raise BadRow('non_string_content', f"message {i} (user): content must be a string")
+        if not isinstance(content, (str, list, tuple)):
+            raise BadRow('non_string_content', f"message {i} (assistant): content must be a string or a list of parts")
         parts = _parts(content) if content else []
-        if not parts or not any(p.get('text') for p in parts): raise ValueError(f"message {i} ({want}) has empty content")
+        if not all(isinstance(p, dict) for p in parts): raise BadRow('unknown_part', f"message {i}: a part is not a {{type, text}} mapping")
         for p in parts:
             if p.get('type') not in ('text', 'python', 'python_output'):
-                raise ValueError(f"message {i}: unknown part type {p.get('type')!r} (use text, python, python_output)")
+                raise BadRow('unknown_part', f"message {i}: unknown part type {p.get('type')!r} (use text, python, python_output)")
+            if not isinstance(p.get('text'), str): raise BadRow('non_string_content', f"message {i}: a {p['type']} part's text must be a string")
+        if not any(p['text'].strip() for p in parts): raise BadRow('empty_content', f"message {i} ({want}) has empty content")
     return messages
 
 # %% ../nbs/02_tokenizer.ipynb #cd56968b
