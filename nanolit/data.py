@@ -26,8 +26,9 @@ from .tokenizer import BAD_ROW_REASONS, BadRow, Tokenizer
 
 # %% auto #0
 __all__ = ['LANE_STATS', 'ROW_COUNTS', 'Item', 'split_pieces', 'row_groups', 'DocumentStream', 'PackStats', 'BestFitPacker',
-           'padding_start', 'draw_rows', 'pack_rows', 'BadRowPolicy', 'RowCounts', 'TaskStream', 'split_row_items',
-           'rows_to_batch', 'default_lanes', 'state_lanes', 'encoded_to_batch', 'DataLoader', 'count_targets']
+           'padding_start', 'draw_rows', 'pack_rows', 'BadRowPolicy', 'too_many_bad_rows', 'RowCounts', 'TaskStream',
+           'split_row_items', 'rows_to_batch', 'default_lanes', 'state_lanes', 'shared_error', 'encoded_to_batch',
+           'DataLoader', 'count_targets']
 
 # %% ../nbs/07_data.ipynb #dc5053ee
 class Item(NamedTuple):
@@ -243,11 +244,22 @@ def pack_rows(packer: BestFitPacker, n: int) -> tuple[np.ndarray, np.ndarray]:
 class BadRowPolicy:
     """What a stream does with a bad row (a `BadRow`: chapter 2, and the tasks of chapter 8): by default it stops at the
     first, with one line naming the file, the row and what is wrong; with `skip` it skips bad rows as it meets them,
-    counting them by reason, and stops once more than `max_fraction` of the rows it has read so far (and more than
-    one) are bad. `hint` ends the line: what to do, in the words of the command that runs (its flags)."""
+    counting them by reason, and stops once more than `max_fraction` of the rows read so far (and more than one) are
+    bad. `hint` ends the line: what to do, in the words of the command that runs (its flags). A stream judges the share
+    of its own rows; with `each_stream=False` the streams only count, and the `DataLoader` given the policy judges the
+    share over all its lanes and ranks (eight lanes' small samples would stop a run whose data is 0.7% bad)."""
     skip: bool = False
     max_fraction: float = 0.01
     hint: str = 'fix or remove the row'
+    each_stream: bool = True
+
+def too_many_bad_rows(bad: dict, read: int, policy: BadRowPolicy) -> BadRow | None:
+    "The error that stops a skipping run, when its `bad` rows (by reason) are more than `policy.max_fraction` of `read`."
+    n = sum(bad.values())
+    if not policy.skip or n <= max(1, policy.max_fraction * read): return None
+    kinds = ', '.join(f"{k} {v}" for k, v in sorted(bad.items()))
+    return BadRow(max(bad, key=bad.get), f"too many bad rows: {n} of the {read} read so far ({kinds}), more than "
+                  f"{policy.max_fraction:.1%}", hint=policy.hint)
 
 class RowCounts:
     "Rows a stream has read and its bad rows by reason, applying a `BadRowPolicy`; part of the stream's state."
@@ -259,11 +271,8 @@ class RowCounts:
         e = e.at(e.where, self.policy.hint)
         if not self.policy.skip: raise e
         self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
-        n = sum(self.bad.values())
-        if n > max(1, self.policy.max_fraction * self.read):
-            kinds = ', '.join(f"{k} {v}" for k, v in sorted(self.bad.items()))
-            raise BadRow(e.reason, f"too many bad rows: {n} of the {self.read} read so far ({kinds}), more than "
-                         f"{self.policy.max_fraction:.1%}; the last: {e.what}", e.where, self.policy.hint)
+        if self.policy.each_stream and (stop := too_many_bad_rows(self.bad, self.read, self.policy)):
+            raise BadRow(e.reason, f"{stop.what}; the last: {e.what}", e.where, self.policy.hint)
     def as_dict(self) -> dict: return {'rows_read': self.read, **self.bad}
     def state_dict(self) -> dict: return {'read': self.read, 'bad': dict(self.bad)}
     def load_state_dict(self, state: dict | None):
@@ -340,6 +349,17 @@ def _all_gather_json(obj, device) -> list:
     all_gather(every, padded)
     return [json.loads(bytes(e[:n].cpu().numpy()).decode()) for e, n in zip(every, sizes)]
 
+def shared_error(mine: BaseException | None, device) -> BaseException:
+    """The error of the lowest failing rank, for every rank to raise once a collective has told them that some rank
+    failed (`mine`: this rank's error, or None): the same line everywhere, and no rank left waiting. A collective."""
+    kind = lambda e: next(c for c in type(e).__mro__ if c.__module__ == 'builtins').__name__
+    text = lambda e: e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    errors = _all_gather_json(None if mine is None else [kind(mine), text(mine)], device)
+    r, (name, msg) = next((r, m) for r, m in enumerate(errors) if m is not None)
+    if r == dist.get_rank(): return mine
+    try: return getattr(builtins, name)(msg)
+    except Exception: return RuntimeError(msg)
+
 def encoded_to_batch(enc: torch.Tensor | np.ndarray, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets (−1 where not trained on) on `device`, from rows whose untrained tokens `t` are written `−1 − t`.
     Rows on the CPU are decoded with numpy, as `rows_to_batch` does (a torch op on a busy 2-core host can wait 70 ms for
@@ -352,11 +372,14 @@ def encoded_to_batch(enc: torch.Tensor | np.ndarray, device='cpu') -> tuple[torc
 class DataLoader:
     """This rank's micro-batches of a job's global batches, made by `packers` (a list, one per lane; a single packer is
     one lane): lane `v` of `S` makes global rows `v, v+S, v+2S, …` and rank `v mod W` packs it, the ranks exchange the
-    rows they made. Progress, epoch and stats cover every lane; `state_dict` is exact (a collective in a process group)."""
+    rows they made. Progress, epoch and stats cover every lane; `state_dict` is exact (a collective in a process group).
+    Given `bad_rows`, a skipping policy whose streams only count (`each_stream=False`), it judges their share over all."""
     def __init__(self, packers, device_batch_size: int, rank: int = 0, world_size: int = 1, device='cpu',
-                 prefetch: int = 0, state: dict | None = None, owned: list[int] | None = None):
+                 prefetch: int = 0, state: dict | None = None, owned: list[int] | None = None,
+                 bad_rows: BadRowPolicy | None = None):
         self.lanes = [packers] if isinstance(packers, BestFitPacker) else list(packers)
         self.b, self.rank, self.world, self.device = device_batch_size, rank, world_size, torch.device(device)
+        self.bad_policy = bad_rows   # judges the share of skipped rows over all lanes (their streams only count)
         S, self.cap = len(self.lanes), self.lanes[0].cap
         self.distributed = world_size > 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size
         self.partial = self.distributed or owned is not None   # this rank packs only its lanes (`owned`: simulate it)
@@ -446,22 +469,16 @@ class DataLoader:
             own = np.zeros_like(self._stats); own[self.owned] = self._stats[self.owned]
             mine[:-1] = torch.from_numpy(own.ravel()).to(self.device); mine[-1] = isinstance(out, BaseException)
             every = all_reduce(mine).cpu().numpy()
-            if every[-1]: raise self._shared_error(out if isinstance(out, BaseException) else None)
+            if every[-1]: raise shared_error(out if isinstance(out, BaseException) else None, self.device)
             self._stats = every[:-1].reshape(self._stats.shape)
             rows = self._exchange(first, enc)
         else: rows = enc
         self.row = first + self.world * self.b
+        if self.bad_policy is not None:   # the share of bad rows over every lane and rank: the same on every rank
+            counts = self.bad_rows; read = counts.pop('rows_read', 0)
+            if stop := too_many_bad_rows(counts, read, self.bad_policy): raise stop
         return encoded_to_batch(rows, self.device)
 
-    def _shared_error(self, mine: BaseException | None) -> BaseException:
-        "The error of the lowest failing rank, for every rank to raise: the same line everywhere (a collective)."
-        kind = lambda e: next(c for c in type(e).__mro__ if c.__module__ == 'builtins').__name__
-        text = lambda e: e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-        errors = _all_gather_json(None if mine is None else [kind(mine), text(mine)], self.device)
-        r, (name, msg) = next((r, m) for r, m in enumerate(errors) if m is not None)
-        if r == self.rank: return mine
-        try: return getattr(builtins, name)(msg)
-        except Exception: return RuntimeError(msg)
 
     def state_dict(self) -> dict:
         """After the last micro-batch taken: the next global row and every lane's packer state. In a process group each

@@ -15,7 +15,9 @@ import torch
 
 from .common import all_reduce, collective_device, compute_init, in_notebook, parse_args, print0
 from .engine import Engine
+from .data import BadRowPolicy, RowCounts, shared_error
 from .tasks import TASKS, Task
+from .tokenizer import BAD_ROW_REASONS, BadRow
 
 # %% auto #0
 __all__ = ['DEFAULT_EVAL_TASKS', 'CHATCORE_BASELINES', 'evaluate_task', 'centered_mean', 'model_choice', 'model_completion',
@@ -23,12 +25,19 @@ __all__ = ['DEFAULT_EVAL_TASKS', 'CHATCORE_BASELINES', 'evaluate_task', 'centere
            'chatcore_periodic']
 
 # %% ../nbs/15_eval.ipynb #d4b6c06d
-def evaluate_task(task: Task, answer_fn, max_problems: int | None = None, rank: int = 0, world_size: int = 1) -> dict:
-    "Accuracy of `answer_fn` on `task` (categorical: a letter; generative: text), ranks taking every world_size-th problem."
+def evaluate_task(task: Task, answer_fn, max_problems: int | None = None, rank: int = 0, world_size: int = 1,
+                  bad_rows: BadRowPolicy | None = None) -> dict:
+    """Accuracy of `answer_fn` on `task` (categorical: a letter; generative: text), ranks taking every world_size-th problem.
+    A bad row is met as `bad_rows` says (default: the first stops, on every rank, with one line naming file and row)."""
     n = len(task) if max_problems is None else min(len(task), max_problems)
     correct = total = chance = 0.0
+    counts, error = RowCounts(bad_rows), None
     for i in range(rank, n, world_size):
-        conv = task[i]
+        try: conv = task[i]
+        except BadRow as e:
+            try: counts.met(e.at(task.where(i) if hasattr(task, 'where') else f"problem {i}")); continue
+            except BadRow as stop: error = stop; break
+        counts.read += 1
         if task.eval_type == 'categorical':
             letters = conv['letters']
             ok = answer_fn(conv) == conv['messages'][-1]['content']
@@ -36,13 +45,16 @@ def evaluate_task(task: Task, answer_fn, max_problems: int | None = None, rank: 
         else:
             ok = bool(task.evaluate(conv, answer_fn(conv)))
         correct += ok; total += 1
-    counts = torch.tensor([correct, total, chance], dtype=torch.float64, device=collective_device())
-    if world_size > 1: all_reduce(counts)
-    correct, total, chance = counts.tolist()
+    sums = torch.tensor([correct, total, chance, error is not None] + [counts.bad.get(k, 0) for k in BAD_ROW_REASONS],
+                        dtype=torch.float64, device=collective_device())
+    if world_size > 1: all_reduce(sums)
+    if sums[3] > 0: raise (shared_error(error, sums.device) if world_size > 1 else error)   # every rank, the same line
+    correct, total, chance = sums[:3].tolist()
     acc = correct / max(total, 1)
     base = chance / max(total, 1)
+    bad = {k: int(v) for k, v in zip(BAD_ROW_REASONS, sums[4:].tolist()) if v}
     return {'task': getattr(task, 'name', type(task).__name__), 'problems': int(total), 'correct': int(correct), 'accuracy': acc,
-            'chance': base, 'centered': (acc - base) / (1 - base)}
+            'chance': base, 'centered': (acc - base) / (1 - base), **({'bad_rows': bad} if bad else {})}
 
 def centered_mean(results: list[dict]) -> float:
     "The mean of the tasks' centred accuracies (0 = chance, 1 = perfect)."
@@ -81,25 +93,26 @@ def make_eval_task(name: str, path: str | None = None, max_problems: int = 200) 
         return HumanEval(path=path)
     if name not in TASKS: raise ValueError(f"unknown task {name!r}: use one of {', '.join([*TASKS, 'HumanEval'])}")
     cls = TASKS[name]
+    if not cls.can_evaluate(): raise Task.not_evaluable(name)   # before any data is read
     if name in ('SpellingBee', 'SimpleSpelling', 'Arithmetic'): return cls(size=max_problems, split='test')
-    if name == 'CustomJSON': return cls(path)
     if name == 'MMLU': return cls(subset='all', split='test', path=path)
     if name == 'GSM8K': return cls(split='test', path=path)
     if name == 'ARC': raise ValueError("ARC is two tasks: name ARC-Easy or ARC-Challenge (or both, comma-separated)")
     return cls(split='test', path=path)
 
 def evaluate_model(model, tokenizer, task_names: str = DEFAULT_EVAL_TASKS, max_problems: int = 200, info=None,
-                   paths: dict | None = None, max_tokens: int = 64) -> dict:
-    "Evaluate every task of `task_names` (comma-separated); returns {'results': [...], 'centered_mean': x}."
+                   paths: dict | None = None, max_tokens: int = 64, bad_rows: BadRowPolicy | None = None) -> dict:
+    """Evaluate every task of `task_names` (comma-separated); returns {'results': [...], 'centered_mean': x}. Every task
+    is built (its data found and read) before the first is evaluated, so a wrong name or path fails at once."""
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
     choose, complete = model_choice(model, tokenizer), model_completion(model, tokenizer, max_tokens)
+    tasks = {n: make_eval_task(n, (paths or {}).get(n), max_problems) for n in [s.strip() for s in task_names.split(',') if s.strip()]}
     results = []
     model.eval()
-    for name in [n.strip() for n in task_names.split(',') if n.strip()]:
-        task = make_eval_task(name, (paths or {}).get(name), max_problems)
+    for name, task in tasks.items():
         fn = choose if task.eval_type == 'categorical' else complete
         t0 = time.time()
-        results.append({**evaluate_task(task, fn, max_problems, rank, world), 'seconds': round(time.time() - t0, 1)})
+        results.append({**evaluate_task(task, fn, max_problems, rank, world, bad_rows), 'seconds': round(time.time() - t0, 1)})
     return {'results': results, 'centered_mean': centered_mean(results)}
 
 def format_table(results: list[dict]) -> str:
@@ -110,7 +123,7 @@ def format_table(results: list[dict]) -> str:
 
 def _main(argv=None) -> dict:
     from nanolit.checkpoint import get_run_dir, load_model
-    from nanolit.stage import stage_main, task_paths
+    from nanolit.stage import add_bad_row_args, bad_row_policy, stage_main, task_paths
     p = argparse.ArgumentParser(prog='nanolit_eval', description='Evaluate a checkpoint on chat tasks, or a base model on CORE.')
     p.add_argument('--source', default=None, choices=['base', 'mid', 'sft'], help='stage whose checkpoint to evaluate '
                    '(default: sft; base with --core)')
@@ -123,7 +136,9 @@ def _main(argv=None) -> dict:
     p.add_argument('--max-per-task', type=int, default=-1, help='CORE examples per task at most (-1: all)')
     p.add_argument('--max-problems', type=int, default=200, help='problems per task at most')
     p.add_argument('--max-tokens', type=int, default=64, help='tokens a generative answer may take')
-    p.add_argument('--task-path', action='append', default=[], help='NAME=PATH: local file for a hub task (repeatable)')
+    p.add_argument('--task-path', action='append', default=[], help="NAME=PATH: a file or folder of a hub task's data; "
+                   'its test split is read (repeatable)')
+    add_bad_row_args(p)
     p.add_argument('--device-type', default=''); p.add_argument('--out', default='', help='JSON file (default: run dir)')
     args, _ = parse_args(p, argv)
     info = compute_init(args.device_type)
@@ -131,7 +146,7 @@ def _main(argv=None) -> dict:
     args.source = args.source or ('base' if args.core else 'sft')
     tasks = args.tasks if args.tasks is not None else ('' if args.core else DEFAULT_EVAL_TASKS)
     model, tok, meta = load_model(args.source, info.device, 'eval', args.model_tag, args.model_step)
-    out = evaluate_model(model, tok, tasks, args.max_problems, info, paths, args.max_tokens) if tasks else {}
+    out = evaluate_model(model, tok, tasks, args.max_problems, info, paths, args.max_tokens, bad_row_policy(args)) if tasks else {}
     if out: print0(format_table(out['results']) + f"\n\ncentred mean: {out['centered_mean']:.3f}")
     if args.core:
         from nanolit.core import evaluate_core, format_core_table

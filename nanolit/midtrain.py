@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -14,9 +15,9 @@ from .checkpoint import get_run_dir, load_checkpoint, load_model
 from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
 from .schedules import PROGRESS_SCHEDULES, lr_rewarm_cosine, lr_mid, muon_momentum
-from .stage import (add_common_args, add_source_args, check_source_finished, eval_loader_factory, inherit, open_run,
-                           loader_lanes, make_sampler, pretrain_loader, require_shards, restore_rng, source_flags,
-                           run_stage, stage_main)
+from .stage import (add_common_args, add_source_args, bad_row_policy, check_source_finished, eval_loader_factory,
+                           inherit, loader_lanes, make_sampler, open_run, pretrain_loader, require_shards, restore_rng,
+                           source_flags, run_stage, stage_main)
 from .tasks import mixture_spec, mixture_streams
 from .train import TrainConfig
 
@@ -44,13 +45,16 @@ def parser() -> argparse.ArgumentParser:
     return add_common_args(p, 'mid')
 
 def mixture_loader(spec, tok, T, info, b, replay_dir, replay_ratio, mask_mode, state=None, prefetch=2, buffer_size=100,
-                   lanes=0):
-    "A pad-mode loader over a mixture spec, with replay of `replay_dir` text at `replay_ratio` of the tokens, in lanes."
+                   lanes=0, bad_rows=None):
+    """A pad-mode loader over a mixture spec, with replay of `replay_dir` text at `replay_ratio` of the tokens, in lanes;
+    its bad rows met as the `BadRowPolicy` `bad_rows` says (default: the first stops the run)."""
     S, split = loader_lanes(state, lanes, info), 'train' if mask_mode != 'val' else 'val'
     replay = (lambda v, S: DocumentStream(replay_dir, split, tok, max_len=T + 1, lane=v, lanes=S)) if replay_ratio > 0 else None
-    streams = mixture_streams(spec, tok, T + 1, 'all' if mask_mode == 'val' else mask_mode, replay, replay_ratio, lanes=S)
+    count = bad_rows and replace(bad_rows, each_stream=False)   # the streams count, the loader judges over all of them
+    streams = mixture_streams(spec, tok, T + 1, 'all' if mask_mode == 'val' else mask_mode, replay, replay_ratio, lanes=S,
+                              bad_rows=count)
     return DataLoader([BestFitPacker(s, T, 'pad', buffer_size) for s in streams], b, info.rank, info.world_size, info.device,
-                      prefetch, state)
+                      prefetch, state, bad_rows=bad_rows)
 
 # %% ../nbs/13_midtrain.ipynb #24d4843e
 def conversation_stage(stage: str, args, config: dict, source: str, mask: str, schedule, mixture_kwargs: dict,
@@ -100,8 +104,11 @@ def conversation_stage(stage: str, args, config: dict, source: str, mask: str, s
                       sample_every=args.sample_every, sampler=make_sampler(tok, chat=True))
     from nanolit.eval import chatcore_periodic   # chapter 15's task evaluation, plugged into the loop's periodic hook
     cfg.periodic = [h for h in (chatcore_periodic(args, tok, info),) if h]
-    loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state, lanes=args.loader_lanes)
-    val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0), cfg, info)}
+    bad = bad_row_policy(args)
+    loader = mixture_loader(spec, tok, T, info, b, replay_dir, args.replay_ratio, mask, loader_state, lanes=args.loader_lanes,
+                            bad_rows=bad)
+    val = {'mix': eval_loader_factory(lambda: mixture_loader(val_spec, tok, T, info, b, None, 0.0, mask, prefetch=0,
+                                                             bad_rows=bad), cfg, info)}
     if replay_dir:   # forgetting: the pretraining validation text, scored as in pretraining
         val['replay'] = eval_loader_factory(lambda: pretrain_loader(replay_dir, 'val', tok, T, info, b, prefetch=0), cfg, info)
     meta = {'stage': stage, 'model_config': vars(model.config), 'user_config': config, 'tokenizer_id': tok.id,

@@ -16,15 +16,16 @@ import torch
 
 from .checkpoint import RunLock, any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
 from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
-from .data import BestFitPacker, DataLoader, DocumentStream, TaskStream, default_lanes, state_lanes
+from .data import BadRowPolicy, BestFitPacker, DataLoader, DocumentStream, TaskStream, default_lanes, state_lanes
 from .fp8 import RECIPES, enable_fp8
 from .train import TrainConfig, train
 
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'SAMPLE_PROMPTS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args',
-           'task_paths', 'source_flags', 'resolve_resume', 'supersede_after', 'open_run', 'inherit',
-           'check_source_finished', 'loader_lanes', 'pretrain_loader', 'make_sampler', 'eval_loader_factory',
-           'write_stage_report', 'periodic_tables', 'run_stage', 'stage_main', 'require_shards', 'restore_rng']
+           'add_bad_row_args', 'bad_row_policy', 'task_paths', 'source_flags', 'resolve_resume', 'supersede_after',
+           'open_run', 'inherit', 'check_source_finished', 'loader_lanes', 'pretrain_loader', 'make_sampler',
+           'eval_loader_factory', 'write_stage_report', 'periodic_tables', 'run_stage', 'stage_main', 'require_shards',
+           'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
 def num_iterations_arg(s: str) -> int:
@@ -86,6 +87,7 @@ def add_common_args(p: argparse.ArgumentParser, stage: str):
         g.add_argument('--chatcore-max-sample', type=int, default=24, help='ChatCORE problems per generative task (-1: all)')
         g.add_argument('--task-path', action='append', default=[], help='NAME=PATH: local data of a ChatCORE task (ARC-Easy, '
                        'ARC-Challenge, MMLU, GSM8K, HumanEval), as for nanolit_eval; repeatable')
+        add_bad_row_args(p)
     g.add_argument('--save-every', type=int, default=-1, help='checkpoint every N steps (-1: at the end only)')
     g.add_argument('--keep-last', type=int, default=2, help='checkpoints to keep')
     g.add_argument('--resume', default='auto', choices=['auto', 'never'],
@@ -108,6 +110,21 @@ def add_source_args(p: argparse.ArgumentParser, source: str, load_optimizer: int
     g.add_argument('--load-optimizer', type=int, default=load_optimizer, choices=[0, 1],
                    help=f'1: warm-start the optimizer (momentum) from the {source} checkpoint')
     return p
+
+def add_bad_row_args(p: argparse.ArgumentParser):
+    "`--skip-bad-rows` and `--max-bad-fraction`: what mid, SFT and eval do with a row that cannot become a conversation."
+    g = p.add_argument_group('bad rows')
+    g.add_argument('--skip-bad-rows', action='store_true', help='skip rows that cannot become a conversation, counting them '
+                   'by reason (metrics.jsonl, report), instead of stopping at the first with one line naming file and row')
+    g.add_argument('--max-bad-fraction', type=float, default=0.01, help='with --skip-bad-rows: stop once more than this '
+                   'share of the rows read so far is bad')
+
+def bad_row_policy(args) -> BadRowPolicy:
+    "The `BadRowPolicy` (chapter 7) of `--skip-bad-rows` / `--max-bad-fraction`, its hint in the command's own flags."
+    skip, frac = getattr(args, 'skip_bad_rows', False), getattr(args, 'max_bad_fraction', 0.01)
+    if not 0 <= frac < 1: raise ValueError(f"--max-bad-fraction must be in [0, 1), got {frac}")
+    return BadRowPolicy(skip, frac, 'fix the data, or raise --max-bad-fraction' if skip else
+                        'fix or remove the row, or pass --skip-bad-rows to skip (and count) such rows')
 
 def task_paths(items: list[str]) -> dict[str, str]:
     "`--task-path NAME=PATH` flags (nanolit_eval's, mid's and SFT's) as {name: path}."
@@ -260,6 +277,9 @@ def write_stage_report(run_dir: Path, stage: str, summary: dict, meta: dict):
     lines = [f"# {stage} run: {run_dir.name}", '', f"status: {summary['status']} at step {summary['step']}, "
              f"{summary['tokens']:,} tokens, {summary['train_time']:.1f} s of training", '',
              '| validation | bpb |', '|---|---|'] + [f"| {k} | {v:.4f} |" for k, v in summary['val'].items()]
+    bad = {k: v for k, v in summary.get('bad_rows', {}).items() if k != 'rows_read'}
+    if bad: lines += ['', f"bad rows skipped: {sum(bad.values()):,} of {summary['bad_rows']['rows_read']:,} read ("
+                      + ', '.join(f"{k} {v:,}" for k, v in sorted(bad.items())) + ')']
     lines += ['', '![loss](loss.png)'] + periodic_tables(records)
     lines += ['', '## flags', '', '```', json.dumps(meta.get('user_config', {}), indent=1), '```']
     (run_dir / 'report.md').write_text('\n'.join(lines) + '\n')

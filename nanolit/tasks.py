@@ -51,15 +51,17 @@ class Task:
         try: return self.get_example(r[i])
         except BadRow as e: raise e.at(self.locate(r[i])) from None
     def where(self, i: int) -> str: return self.locate(self._range()[i])
-    @property
-    def can_evaluate(self) -> bool:
-        "Whether the task has answers to check: multiple choice, or an `evaluate` of its own."
-        return self.eval_type == 'categorical' or type(self).evaluate is not Task.evaluate
+    @classmethod
+    def can_evaluate(cls) -> bool:
+        "Whether the task has answers to check (multiple choice, or an `evaluate` of its own): known before any data is read."
+        return cls.eval_type == 'categorical' or cls.evaluate is not Task.evaluate
     def evaluate(self, conversation, completion: str) -> bool:
-        name = getattr(self, 'name', type(self).__name__)
-        raise ValueError(f"{name} cannot be evaluated: its conversations have no answer to check (it is data to train on, "
-                         "in a mixture); evaluate a task with answers: MMLU, ARC-Easy, ARC-Challenge, GSM8K, HumanEval, "
-                         "SpellingBee, SimpleSpelling, Arithmetic")
+        raise self.not_evaluable(getattr(self, 'name', type(self).__name__))
+    @staticmethod
+    def not_evaluable(name: str) -> ValueError:
+        return ValueError(f"{name} cannot be evaluated: its conversations have no answer to check (it is data to train on, "
+                          "in a mixture); evaluate a task with answers: MMLU, ARC-Easy, ARC-Challenge, GSM8K, HumanEval, "
+                          "SpellingBee, SimpleSpelling, Arithmetic")
     def __repr__(self): return f"{type(self).__name__}({len(self)} examples)"
 
 # %% ../nbs/08_tasks.ipynb #caad210b

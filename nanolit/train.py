@@ -256,6 +256,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
             if moe_loads:   # tokens per expert this step, summed over micro-batches and ranks, per MoE layer
                 record['moe_load'] = [l.tolist() for l in moe_loads]
                 record['moe_max_mean_load'] = [round(l.max().item() / l.float().mean().item(), 4) for l in moe_loads]
+            bad = getattr(loader, 'bad_rows', {})
+            if len(bad) > 1: record['bad_rows'] = bad   # rows skipped by reason (--skip-bad-rows), once there are any
             log(record)
             if st.step == sigterm_after and info.is_primary: signal.raise_signal(signal.SIGTERM)
             if bar is not None: bar.update(1); bar.set_postfix(loss=f'{debiased:.3f}')
@@ -274,7 +276,8 @@ def train(model, optimizer, loader, val_loaders: dict, info: DistInfo, cfg: Trai
     peak_mib = peak_memory_mib(device)
     print0(f"peak memory {peak_mib:,.0f} MiB | total training time {st.train_time / 60:.2f} m | minimum val bpb "
            + (f"{st.min_val_bpb:.4f}" if math.isfinite(st.min_val_bpb) else '(not evaluated)'))
-    return {'status': status, 'signal': signum, 'peak_memory_mib': peak_mib, **asdict(st)}
+    return {'status': status, 'signal': signum, 'peak_memory_mib': peak_mib, 'bad_rows': getattr(loader, 'bad_rows', {}),
+            **asdict(st)}
 
 def peak_memory_mib(device: torch.device) -> float:
     "Peak memory of this process: the GPU's allocations on CUDA, else the process's peak resident size."
