@@ -1,6 +1,6 @@
 """nanolit_eval's CORE and HumanEval wiring, end to end on a tiny base model and the fixtures: CORE on the fixture bundle
 (every task scored, CORE the mean of the centred accuracies), HumanEval through the sandbox, and a missing bundle as one
-line that says what to fetch."""
+line that says what to fetch; a GSM8K folder evaluated on its test split alone."""
 import json
 from pathlib import Path
 
@@ -37,3 +37,11 @@ def test_humaneval_through_the_sandbox(bd, tmp_path):
                            f"HumanEval={FIX / 'humaneval.jsonl'}", '--max-tokens', '16', '--out', str(out)], bd, timeout=300)
     (r,) = json.loads(out.read_text())['results']
     assert r['task'] == 'HumanEval' and r['problems'] == 4           # a 2-step model writes no passing code: 0 of 4
+
+def test_a_gsm8k_folder_gives_its_test_split_only(bd, tmp_path):
+    out, folder = tmp_path / 'eval.json', FIX / 'layouts' / 'gsm8k'          # train.jsonl (4 rows) and test.jsonl (3)
+    res = stage('nanolit.eval', ['--source', 'base', '--model-tag', 't', '--tasks', 'GSM8K', '--task-path', f'GSM8K={folder}',
+                                 '--max-tokens', '4', '--out', str(out)], bd)
+    (r,) = json.loads(out.read_text())['results']
+    assert r['task'] == 'GSM8K' and r['problems'] == 3, r
+    assert str(folder / 'test.jsonl') in res.stdout and 'train.jsonl' not in res.stdout, res.stdout
