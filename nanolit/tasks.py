@@ -5,28 +5,24 @@
 # %% ../nbs/08_tasks.ipynb #96d3052a
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import json
-import os
 import random
 import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .common import print0
-from .data import BadRowPolicy, Item, _item
+from .data import BadRowPolicy, Item
+from .files import load_rows
 from .tokenizer import BadRow
 
 # %% auto #0
-__all__ = ['SPLITS', 'DATA_SUFFIXES', 'WHERE_PATHS', 'SHAREGPT_ROLES', 'LETTERS', 'TASKS', 'MIXTURE_KEYS', 'Task', 'split_named',
-           'split_files', 'Rows', 'load_rows', 'text_field', 'HubTask', 'chat_messages', 'SmolTalk', 'Chat',
-           'multiple_choice_conversation', 'choice_index', 'MMLU', 'ARC', 'ARCEasy', 'ARCChallenge', 'gsm8k_parts',
-           'extract_final_number', 'same_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON', 'word_list',
-           'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
+__all__ = ['SHAREGPT_ROLES', 'LETTERS', 'TASKS', 'MIXTURE_KEYS', 'Task', 'text_field', 'HubTask', 'chat_messages', 'SmolTalk',
+           'Chat', 'multiple_choice_conversation', 'choice_index', 'MMLU', 'ARC', 'ARCEasy', 'ARCChallenge',
+           'gsm8k_parts', 'extract_final_number', 'same_number', 'GSM8K', 'identity_conversations_path', 'CustomJSON',
+           'word_list', 'GeneratedTask', 'SimpleSpelling', 'SpellingBee', 'Arithmetic', 'TaskMixture', 'MixtureStream',
            'draw_mixture_rows', 'mixture_spec', 'build_task', 'mixture_streams', 'build_mixture_stream']
 
 # %% ../nbs/08_tasks.ipynb #db740297
@@ -65,131 +61,6 @@ class Task:
     def __repr__(self): return f"{type(self).__name__}({len(self)} examples)"
 
 # %% ../nbs/08_tasks.ipynb #caad210b
-SPLITS = {'train': 'train', 'test': 'test', 'validation': 'validation', 'val': 'validation', 'valid': 'validation',
-          'dev': 'dev'}   # the words hub repos, `datasets` and MMLU's original release use for their splits
-DATA_SUFFIXES = ('.json', '.jsonl', '.parquet', '.csv')
-WHERE_PATHS = ("nanolit_eval: --task-path {task}=<file or folder>; midtraining and SFT: a `path:` key on the {task} "
-               "entry of the --mixture YAML file (the data chapter shows the schema)")
-
-def split_named(path: Path) -> str | None:
-    "The split a data file's name or folders name ('train', 'test', 'validation', 'dev'), or None: `data/test-00000.parquet` is test."
-    words = {w for part in path.parts for w in re.split(r'[^a-z]+', part.lower())}
-    found = {SPLITS[w] for w in words if w in SPLITS}
-    return found.pop() if len(found) == 1 else None
-
-def _pick_split(named: dict, split: str) -> list:
-    "The files of `split` among `named` (file -> split); validation and MMLU's dev stand in for each other when alone."
-    want = SPLITS.get(split, split)
-    for w in (want, {'validation': 'dev', 'dev': 'validation'}.get(want)):
-        mine = [f for f, s in named.items() if s == w]
-        if mine: return mine
-    return []
-
-def split_files(path: str | Path, split: str, subset: str | None = None) -> list[Path]:
-    """The data files of `split` at `path`: the file itself; or, in a folder (a hub repo's snapshot, a folder of split
-    files, MMLU's `test/<subject>_test.csv`), those whose name or folders name that split, inside the `subset` folder
-    when there is one (or the files named `<subset>_…`). A folder whose files name no split is one split; a folder whose
-    files name other splits only is refused, never mixed in."""
-    p = Path(path).expanduser()
-    if p.is_file(): return [p]
-    if not p.is_dir(): raise FileNotFoundError(f"no file or folder at {p}: give a .json/.jsonl/.parquet/.csv file or a folder of them")
-    if subset and (p / subset).is_dir(): p = p / subset
-    files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix in DATA_SUFFIXES and not f.name.startswith('.'))
-    if not files: raise FileNotFoundError(f"no .json/.jsonl/.parquet/.csv file in {p}: point at the data files' folder")
-    if subset and p.name != subset and (own := [f for f in files if f.name.startswith(subset + '_')]): files = own
-    named = {f: split_named(f.relative_to(p)) for f in files}
-    if not any(named.values()): return files
-    mine = _pick_split(named, split)
-    if not mine:
-        raise FileNotFoundError(f"{p} holds the {', '.join(sorted({s for s in named.values() if s}))} split(s), not "
-                                f"{split}: point at the {split} file or at a folder that has it")
-    return mine
-
-class Rows:
-    "Rows read from data files (or the hub), each traceable to its file and row: `rows.where(i)` is 'FILE row N'."
-    def __init__(self, parts: list[tuple[str, object]]):
-        self.parts = [(name, ds) for name, ds in parts if len(ds)]
-        self.starts = np.cumsum([0] + [len(ds) for _, ds in self.parts]).tolist()
-    def __len__(self) -> int: return self.starts[-1]
-    def _find(self, i: int) -> tuple[int, int]:
-        if not 0 <= i < len(self): raise IndexError(f"row {i} out of range ({len(self)} rows)")
-        k = bisect.bisect_right(self.starts, i) - 1
-        return k, i - self.starts[k]
-    def __getitem__(self, i: int) -> dict:
-        k, j = self._find(i)
-        return self.parts[k][1][j]
-    def where(self, i: int) -> str:
-        k, j = self._find(i)
-        return f"{self.parts[k][0]} row {j + 1}"
-
-def _csv_options(file: Path, columns: tuple | None) -> dict:
-    "How `datasets` should read a CSV: every value a string; with `columns`, no header row unless the file has one."
-    import csv
-    from datasets import Features, Value
-    with open(file, newline='', encoding='utf-8') as f: first = next(csv.reader(f), [])
-    if not columns or [c.strip().lower() for c in first] == [c.lower() for c in columns]:
-        names = first if not columns else list(columns)
-        return {'features': Features({c: Value('string') for c in names}), 'keep_default_na': False}
-    if len(first) != len(columns):
-        raise ValueError(f"{file} has {len(first)} columns, the task reads {len(columns)} ({', '.join(columns)}) from a "
-                         "headerless CSV: give the file those columns, or a header row naming its columns")
-    return {'column_names': list(columns), 'header': None, 'keep_default_na': False,
-            'features': Features({c: Value('string') for c in columns})}
-
-def _read_files(files: list[Path], columns: tuple | None) -> Rows:
-    "Each file's rows with `datasets` (one builder call per format), kept apart so that a row can be traced to its file."
-    from datasets import load_dataset
-    fmt = {'.parquet': 'parquet', '.csv': 'csv'}.get(files[0].suffix, 'json')
-    if any({'.parquet': 'parquet', '.csv': 'csv'}.get(f.suffix, 'json') != fmt for f in files):
-        raise ValueError(f"{files[0].parent} mixes file formats ({', '.join(sorted({f.suffix for f in files}))}): keep one format per folder")
-    kw = _csv_options(files[0], columns) if fmt == 'csv' else {}
-    try: dd = load_dataset(fmt, data_files={f"f{i}": str(f) for i, f in enumerate(files)}, **kw)
-    except Exception as e:
-        bad = next((f for f in files if not _readable(fmt, f, kw)), files[0]) if len(files) > 1 else files[0]
-        cause = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{bad} could not be read as {fmt.upper()} ({cause}): fix the file or leave it out of the folder") from e
-    return Rows([(str(f), dd[f"f{i}"]) for i, f in enumerate(files)])
-
-def _readable(fmt: str, file: Path, kw: dict) -> bool:
-    from datasets import load_dataset
-    try: load_dataset(fmt, data_files=str(file), split='train', **kw); return True
-    except Exception: return False
-
-def load_rows(hf_id: str, subset: str | None = None, split: str = 'train', path: str | Path | None = None,
-              columns: tuple | None = None, task: str = '') -> Rows:
-    """Rows of a dataset: from local files at `path` (a file, a folder of split files, a hub snapshot, a `save_to_disk`
-    folder: `split`'s files only, and it says which it read; CSV columns named by `columns` when it has no header), else
-    from the hub id `hf_id` (fails fast offline, saying how `task` can be given local files)."""
-    from datasets import load_dataset
-    label, task = task or hf_id or 'rows', task or 'TASK'
-    if path is not None:
-        p = Path(path).expanduser()
-        if (p / 'dataset_dict.json').exists() or (p / 'state.json').exists():   # `datasets`' save_to_disk
-            from datasets import load_from_disk
-            ds = load_from_disk(str(p))
-            if hasattr(ds, 'keys'):
-                key = next(iter(_pick_split({k: SPLITS.get(k, k) for k in ds.keys()}, split)), None)
-                if key is None: raise FileNotFoundError(f"{p} holds the splits {', '.join(ds.keys())}, not {split}: "
-                                                        f"point at a save_to_disk folder with a {split} split")
-                ds = ds[key]
-            print0(f"{label}: {len(ds):,} {split} rows from {p} (save_to_disk)")
-            return Rows([(str(p), ds)])
-        files = split_files(p, split, subset)
-        rows = _read_files(files, columns)
-        print0(f"{label}: {len(rows):,} {split} rows from {', '.join(str(f) for f in files[:3])}"
-              + (f" and {len(files) - 3} more" if len(files) > 3 else ''))
-        return rows
-    offline = any(os.environ.get(k, '').lower() in ('1', 'true', 'yes') for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
-    what = f"{task} needs {hf_id} ({subset or 'default'}/{split}) from the Hugging Face hub"
-    if offline:
-        raise ConnectionError(f"{what}, which is switched off (HF_HUB_OFFLINE=1): download it elsewhere and point at the "
-                              f"files: {WHERE_PATHS.format(task=task)}")
-    try: ds = load_dataset(hf_id, subset, split=split)
-    except Exception as e:
-        raise ConnectionError(f"{what}, and it could not be loaded ({type(e).__name__}: {' '.join(str(e).split())[:300]}): "
-                              f"check the network, or point at local files: {WHERE_PATHS.format(task=task)}") from e
-    return Rows([(f"{hf_id} {subset or 'default'}/{split}", ds)])
-
 def text_field(row: dict, key: str) -> str:
     "`row[key]` as a non-empty string, or a `BadRow` saying which field is missing or wrong."
     v = row.get(key) if isinstance(row, dict) else None
