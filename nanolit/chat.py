@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from .common import compute_init, in_notebook, parse_args
 from .engine import Engine
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import math
 import os
 import random
 import sys

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -123,7 +122,7 @@ def format_table(results: list[dict]) -> str:
 
 def _main(argv=None) -> dict:
     from nanolit.checkpoint import get_run_dir, load_model
-    from nanolit.stage import add_bad_row_args, bad_row_policy, stage_main, task_paths
+    from nanolit.stage import add_bad_row_args, bad_row_policy, task_paths
     p = argparse.ArgumentParser(prog='nanolit_eval', description='Evaluate a checkpoint on chat tasks, or a base model on CORE.')
     p.add_argument('--source', default=None, choices=['base', 'mid', 'sft'], help='stage whose checkpoint to evaluate '
                    '(default: sft; base with --core)')

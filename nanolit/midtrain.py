@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-import torch
-
 from .optim import optimizer_state_from_nanochat
 from .checkpoint import get_run_dir, load_checkpoint, load_model
 from .common import compute_init, in_notebook, parse_args, print0
 from .data import BestFitPacker, DataLoader, DocumentStream
-from .schedules import PROGRESS_SCHEDULES, lr_rewarm_cosine, lr_mid, muon_momentum
+from .schedules import lr_rewarm_cosine, lr_mid, muon_momentum
 from .stage import (add_common_args, add_source_args, bad_row_policy, check_source_finished, eval_loader_factory,
                            inherit, loader_lanes, make_sampler, open_run, pretrain_loader, require_shards, restore_rng,
                            source_flags, run_stage, stage_main)

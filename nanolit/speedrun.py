@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import get_run_dir, newest_intact
-from .common import get_base_dir, in_notebook, parse_args, print0
+from .common import get_base_dir, in_notebook, parse_args
 
 # %% auto #0
 __all__ = ['PRESETS', 'stage_finished', 'plan', 'step_done', 'benchmark_lines', 'write_report', 'StageStopped',

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import RunLock, any_rank, get_run_dir, list_steps, load_checkpoint, newest_intact, open_run_dir
-from .common import DistInfo, compute_cleanup, compute_init, init_wandb, parse_args, print0, run_cli
-from .data import BadRowPolicy, BestFitPacker, DataLoader, DocumentStream, TaskStream, default_lanes, state_lanes
+from .checkpoint import RunLock, any_rank, get_run_dir, list_steps, newest_intact, open_run_dir
+from .common import DistInfo, compute_cleanup, init_wandb, print0, run_cli
+from .data import BadRowPolicy, BestFitPacker, DataLoader, DocumentStream, default_lanes, state_lanes
 from .fp8 import RECIPES, enable_fp8
 from .train import TrainConfig, train
 

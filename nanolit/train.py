@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import last_checkpoint, list_steps, load_checkpoint, save_checkpoint
+from .checkpoint import last_checkpoint, save_checkpoint
 from .common import DistInfo, all_reduce, autocast_context, compute_mfu, device_peak_flops, get_dtype, in_notebook, print0
 from .data import count_targets
 from .fp8 import disable_fp8
