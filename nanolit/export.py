@@ -89,7 +89,7 @@ def write_nanochat(model: GPT, out_dir: Path | str, bos_id: int, stop_ids: list[
 # %% ../nbs/18_export.ipynb #2198636b
 HF_ADAPTER = '''
 # ---- The transformers adapter, written by nanolit.export: everything above is nanolit.model's own source. ----
-from dataclasses import fields as _fields
+from dataclasses import asdict, fields as _fields   # its own imports: nanolit.model's may change
 
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
