@@ -1,6 +1,6 @@
 """Training-step speed of a fixed small GPT on the CPU, eager and torch.compile'd, as CPU MFU.
 
-    python bench/model_speed.py [--steps 10] [--no-compile] [--no-profile] [--adamw]
+    python bench/model_speed.py [--steps 10] [--no-compile] [--no-profile] [--adamw] [--no-sparse]
 
 Two models of the same depth and widths are timed, each in its own process (so that the peak resident memory of each
 is its own): nanolit's default, which is nanochat@92d63d4's architecture (smear, backout, q/k x1.2, value embeddings
@@ -8,9 +8,9 @@ with their narrow gate, RoPE base 1e5, nanochat's short window), and the model b
 off, the 12-channel gate and a short window of T/4), so the cost of the features is measured in one run.
 
 CPU MFU = model FLOP/s (GPT.estimate_flops() x tokens/s) / FLOP/s of a 2048x2048 fp32 torch.mm, both measured in
-this run, on this machine, with the same threads. The sgemm is timed in three blocks of 7 (before the eager model,
-between eager and compiled, after compiled) and its rate is the median of all 21 timings: on a shared machine one
-block alone moved by 1.5x between runs. The step is forward + backward + the update of the optimizer `setup_optimizer` builds (MuonAdamW:
+this run, on this machine, with the same threads. The sgemm is timed in blocks of 7, one before the first model's
+process and one after each (5 blocks with the sparse models, 3 without), and its rate is the median of all the
+timings: on a shared machine one block alone moved by 1.5x between runs. The step is forward + backward + the update of the optimizer `setup_optimizer` builds (MuonAdamW:
 Muon for the matrices, AdamW for the rest); `--adamw` adds a line with torch's fused AdamW over every parameter.
 Like every nanolit stage (`compute_init`), the script first tunes the CPU allocator: huge pages, and freed memory
 kept for reuse (chapter 00; `THP_MEM_ALLOC_ENABLE=0` or `MALLOC_MMAP_MAX_=65536` in the environment turn either half
@@ -23,9 +23,21 @@ temporaries, summed from the profiler's allocation events, eager and compiled; i
 The process's: its peak resident size, which also holds the interpreter, the compiler's own memory and the freed pages
 the tuned allocator keeps; it moved by up to ±10% between runs of the same model (1,635-1,956 MiB), far more than any
 difference between the two models, so it is printed for scale, not to compare them.
-Last line (the headline): the default model's compiled step in tokens/s and its ratio to the previous model's.
+Sparse capacity (chapters 3a and 3b; `--no-sparse` skips it): two more models, each against the default model, which
+is the dense model of their active FLOPs per token, eager steps all three (the float32 CPU expert loop breaks a
+compiled graph, so a compiled MoE step would time the breaks; a GPU, where the grouped kernel runs, is where to time
+it compiled). "l3" has one block fewer and an L3 layer after the middle block: two tables of 2 x vocabulary rows, an
+allocation as skewed as a real one (token i's score 1/(i+1): the frequent ones own k_max = 32 rows, so the lookup
+pads to 32), and the up-projection as wide as makes its FLOPs per token the default model's. "moe" has every MLP
+replaced by 8 experts, 2 per token, each half the dense MLP's width (the same active FLOPs, plus the router's), its
+balancing bias updated every step as the training loop does. For each: tokens/s, active FLOP/s
+(estimate_flops x tokens/s) as a fraction of the same sgemm rate, and the ratio of its tokens/s to the default
+model's eager tokens/s: at equal FLOPs per token, the price of the sparse work (gathers, routing, the expert loop).
+Last line (the headline): the default model's compiled step in tokens/s and its ratio to the previous model's; it
+stays the headline because it is the step every run takes, while the sparse lines measure options.
 """
 import argparse
+import dataclasses
 import math
 import json
 import resource
@@ -40,7 +52,9 @@ import torch
 
 from nanolit.common import tune_cpu_allocator
 import nanolit.optim  # noqa: F401  (adds GPT.setup_optimizer)
+from nanolit.l3 import allocate_rows
 from nanolit.model import GPT, config_from_depth
+from nanolit.moe import update_moe_balancing
 
 PREVIOUS = dict(smear=False, backout=False, qk_scale=1.0, rope_base=10_000.0, ve_gate_range=2.0)   # + gate on all channels, window T/4
 
@@ -55,9 +69,43 @@ def sgemm_times(n: int = 2048, reps: int = 7) -> list[float]:
 
 def make_step(model, fwd, x, y, adamw=False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True) if adamw else model.setup_optimizer()
+    has_moe = bool(model.config.moe_layers)
     def step():
-        loss = fwd(x, y); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        loss = fwd(x, y); loss.backward()
+        if has_moe: update_moe_balancing(model, model.config.moe_bias_update_rate)   # as the training loop does
+        opt.step(); opt.zero_grad(set_to_none=True)
     return step
+
+L3_K_MAX = 32
+
+def sparse_config(cfg, variant: str):
+    "The config of the 'l3' or 'moe' model whose active FLOPs per token are those of the default model `cfg`."
+    if variant == 'moe': return dataclasses.replace(cfg, moe_layers='all', moe_num_experts=8, moe_top_k=2)
+    with torch.device('meta'):
+        target = GPT(cfg).estimate_flops()
+        fewer = GPT(dataclasses.replace(cfg, n_layer=cfg.n_layer - 1)).estimate_flops()
+    C = cfg.n_embd   # L3 FLOPs per token: 6·(C·d_up + (C + d_up)·C) dense + 12·k·C for the padded lookup
+    d_up = max(64, round((target - fewer - 12 * L3_K_MAX * C - 6 * C * C) / (12 * C) / 64) * 64)
+    return dataclasses.replace(cfg, n_layer=cfg.n_layer - 1, l3_after_layers=str((cfg.n_layer - 2) // 2),
+                               l3_n_emb=2 * cfg.vocab_size, l3_k_max=L3_K_MAX, l3_d_up=d_up)
+
+def measure_sparse(args, variant: str) -> dict:
+    "Run in a child process: tokens/s of the eager step of the 'l3' or 'moe' model."
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    cfg = sparse_config(config_from_depth(args.depth, args.vocab, sequence_len=args.seq_len), variant)
+    model = GPT(cfg)
+    if variant == 'l3':   # token i scores 1/(i+1): the frequent ones own k_max rows, as after a real allocation
+        rows = torch.from_numpy(allocate_rows((1 / torch.arange(1, args.vocab + 1, dtype=torch.float64)).numpy(), cfg.l3_n_emb, L3_K_MAX))
+        for l3 in model.l3.values(): l3.set_allocation(rows)
+    n = model.num_scaling_params()
+    x = torch.randint(0, args.vocab, (args.batch, args.seq_len)); y = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+    what = (f"L3 ({cfg.n_layer} blocks, an L3 layer after block {cfg.l3_after_layers}: 2 tables of {cfg.l3_n_emb:,} rows, "
+            f"k_max {L3_K_MAX}, d_up {cfg.l3_d_up:,})" if variant == 'l3' else
+            f"MoE ({cfg.moe_num_experts} experts of width {cfg.moe_hidden}, {cfg.moe_top_k} a token, in every layer)")
+    extra = f"{n['l3_tables'] / 1e6:.1f} M in the L3 tables" if variant == 'l3' else f"{n['active'] / 1e6:.1f} M active"
+    return dict(what=what, fpt=model.estimate_flops(), params=n['total'], extra=extra,
+                eager=tokens_per_s(make_step(model, model, x, y), args.batch * args.seq_len, args.steps, warmup=2))
 
 def tokens_per_s(step, tokens, steps, warmup):
     for _ in range(warmup): step()
@@ -100,7 +148,7 @@ def measure(args, variant: str) -> dict:
     cfg = config_from_depth(args.depth, args.vocab, sequence_len=args.seq_len, **extra)
     model = GPT(cfg)
     n = model.num_scaling_params()
-    out = dict(config=str(cfg), alloc=str(alloc), fpt=model.estimate_flops(), matmul_fpt=6 * (n['transformer_matrices'] + n['lm_head']))
+    out = dict(config=str(cfg), alloc=str(alloc), fpt=model.estimate_flops(), params=n['total'], matmul_fpt=6 * (n['transformer_matrices'] + n['lm_head']))
     tokens = args.batch * args.seq_len
     x = torch.randint(0, args.vocab, (args.batch, args.seq_len)); y = torch.randint(0, args.vocab, (args.batch, args.seq_len))
     out['eager'] = tokens_per_s(make_step(model, model, x, y), tokens, args.steps, warmup=2)
@@ -134,14 +182,16 @@ def main():
     p.add_argument('--no-compile', action='store_true')
     p.add_argument('--no-profile', action='store_true')
     p.add_argument('--adamw', action='store_true', help="also time torch's fused AdamW over every parameter")
-    p.add_argument('--variant', choices=['default', 'previous'], help=argparse.SUPPRESS)   # the child's job
+    p.add_argument('--no-sparse', action='store_true', help='skip the L3 and MoE models')
+    p.add_argument('--variant', choices=['default', 'previous', 'l3', 'moe'], help=argparse.SUPPRESS)   # the child's job
     args = p.parse_args()
     if args.variant:
-        print(json.dumps(measure(args, args.variant))); return
+        print(json.dumps(measure_sparse(args, args.variant) if args.variant in ('l3', 'moe') else measure(args, args.variant)))
+        return
     tune_cpu_allocator()
     rate = lambda times: 2 * 2048 ** 3 / statistics.median(times)
     blocks, res = [sgemm_times()], {}
-    for variant in ('previous', 'default'):   # each in its own process: its own peak memory, its own compile cache
+    for variant in ('previous', 'default') + (() if args.no_sparse else ('l3', 'moe')):   # each in its own process: its own peak memory, its own compile cache
         cmd = [sys.executable, __file__, *sys.argv[1:], '--variant', variant]
         res[variant] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         blocks.append(sgemm_times())
@@ -163,6 +213,12 @@ def main():
         f"(ratio {new['step_mib'][mode] / old['step_mib'][mode]:.3f})" for mode in new['step_mib']))
     print(f"peak resident memory of each process (for scale: ±10% run to run): default {new['peak_mib']:,.0f} MiB, "
           f"previous {old['peak_mib']:,.0f} MiB (ratio {new['peak_mib'] / old['peak_mib']:.3f})")
+    for variant in () if args.no_sparse else ('l3', 'moe'):
+        r = res[variant]
+        print(f"{variant}: {r['what']}: {r['fpt'] / 1e6:.2f} MFLOP/token (default {fpt / 1e6:.2f}); "
+              f"{r['params'] / 1e6:.1f} M parameters, {r['extra']} (default {new['params'] / 1e6:.1f} M)")
+        print(f"{variant} eager train step: {r['eager']:,.0f} tok/s, active FLOP/s {r['eager'] * r['fpt'] / peak:.2f} of sgemm "
+              f"({r['eager'] / new['eager']:.2f}x vs default, the dense model of its FLOPs: {new['eager'] * fpt / peak:.2f} of sgemm)")
     if args.no_compile:
         print(f"eager train step: {new['eager']:,.0f} tok/s ({new['eager'] / old['eager']:.2f}x vs previous model)")
         return

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+from fastcore.basics import patch
 
 from .common import all_reduce, collective_device, get_base_dir, print0
 from .model import GPT, GPTConfig, build_model, from_nanochat
@@ -27,7 +29,7 @@ except ImportError: fcntl = None   # no POSIX locks (Windows): the heartbeat loc
 # %% auto #0
 __all__ = ['STAGE_DIRS', 'get_run_dir', 'list_steps', 'step_files', 'RunLock', 'any_rank', 'clear_debris', 'open_run_dir',
            'all_finite', 'last_checkpoint', 'save_checkpoint', 'CorruptCheckpoint', 'read_meta', 'read_step_meta',
-           'newest_intact', 'load_checkpoint', 'find_model_tag', 'load_model']
+           'newest_intact', 'load_checkpoint', 'find_model_tag', 'load_model', 'model_options', 'state_dict_mismatch']
 
 # %% ../nbs/09_checkpoint.ipynb #f3b9e342
 STAGE_DIRS = {'base': 'base_checkpoints', 'mid': 'mid_checkpoints', 'sft': 'chatsft_checkpoints'}
@@ -325,3 +327,39 @@ def load_model(stage: str, device='cpu', phase: str = 'eval', model_tag: str | N
     model.load_state_dict(model_data)
     model.train(phase == 'train')
     return model, tokenizer, {**meta, 'model_config': vars(config), 'model_tag': tag}
+
+# %% ../nbs/09_checkpoint.ipynb #8c9fb7a8
+def model_options(state_dict: dict) -> dict[str, str]:
+    "A GPT's options as its state dict shows them, named by their flags: depth, width, vocabulary, L3 and MoE layers."
+    sd, dim = state_dict, lambda k, i: str(state_dict[k].shape[i]) if k in state_dict else '?'
+    blocks = {int(k.split('.')[1]) for k in sd if k.startswith('blocks.')}
+    l3 = sorted({int(k.split('.')[1]) for k in sd if k.startswith('l3.')})
+    moe = sorted(i for i in blocks if f'blocks.{i}.mlp.w_fc' in sd)
+    out = {'--depth': str(len(blocks)), 'width': dim('wte.weight', 1), 'vocabulary': dim('wte.weight', 0),
+           '--l3-after-layers': ','.join(map(str, l3)) or 'none', '--moe-layers': ','.join(map(str, moe)) or 'none'}
+    if l3: out.update({'--l3-n-emb': dim(f'l3.{l3[0]}.keys', 0), '--l3-d-up': dim(f'l3.{l3[0]}.up.weight', 0),
+                       '--l3-tied': '0' if f'l3.{l3[0]}.values' in sd else '1'})
+    if moe: out.update({'--moe-num-experts': dim(f'blocks.{moe[0]}.mlp.w_fc', 0), 'expert width': dim(f'blocks.{moe[0]}.mlp.w_fc', 1),
+                        '--moe-shared-expert': '1' if f'blocks.{moe[0]}.mlp.shared_fc.weight' in sd else '0'})
+    return out
+
+def state_dict_mismatch(model: nn.Module, state_dict: dict) -> str | None:
+    "None when `state_dict` fits `model` key for key and shape for shape; else what differs, in a few words."
+    mine = model.state_dict()
+    if mine.keys() == state_dict.keys() and all(mine[k].shape == state_dict[k].shape for k in mine): return None
+    theirs, ours = model_options(state_dict), model_options(mine)
+    diffs = [f"{k} {v} in the checkpoint, {ours[k]} in this model" for k, v in theirs.items() if k in ours and ours[k] != v]
+    if diffs: return '; '.join(diffs)
+    missing, extra = sorted(mine.keys() - state_dict.keys()), sorted(state_dict.keys() - mine.keys())
+    shapes = sorted(k for k in mine.keys() & state_dict.keys() if mine[k].shape != state_dict[k].shape)
+    return '; '.join([f"{what} {', '.join(ks[:3])}{', …' if len(ks) > 3 else ''}" for what, ks in
+                      (('not in the checkpoint:', missing), ('only in the checkpoint:', extra), ('other shapes:', shapes)) if ks])
+
+@patch
+def load_state_dict(self: GPT, state_dict, strict: bool = True, assign: bool = False):
+    "`nn.Module.load_state_dict`, but weights that do not fit fail with one line naming the option that differs."
+    if strict and (why := state_dict_mismatch(self, state_dict)):
+        raise ValueError(f"these weights do not fit this model ({why}): build the model with the options the checkpoint "
+                         "was saved with (its meta.json's model_config, as load_model does; to resume a run, pass the flags "
+                         "it was started with), or pass another --model-tag to start a new run")
+    return nn.Module.load_state_dict(self, state_dict, strict, assign)

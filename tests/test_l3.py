@@ -1,11 +1,14 @@
 """Large lookup layers (chapter 3a) through the stages: an L3 base model trains, midtraining and chat rebuild it from the
 checkpoint (the allocation travels as a buffer in the state dict), greedy chat prints the engine's tokens, a SIGTERM
-and resume is bitwise the straight run, and 2 processes equal 1 process with twice the accumulation."""
+and resume is bitwise the straight run, 2 processes equal 1 process with twice the accumulation and 3 equal 1 with three
+times, a resume with the L3 flags left off fails with one line, and a compiled L3 model computes what the eager one does."""
 
 import pytest
 import torch
 
-from conftest import MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, stage, stopped_and_straight, two_and_one_process, weights
+from conftest import (MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, needs_cxx,
+                      one_line_error, stage, stopped_and_straight, two_and_one_process, weights)
+from nanolit.model import GPTConfig, build_model, randomize_
 
 L3 = ['--l3-after-layers', '0', '--l3-sample-tokens', '20000', '--l3-k-max', '16']
 
@@ -42,3 +45,42 @@ def test_two_processes_equal_one_with_twice_the_accumulation(base_l3):
     two, one = two_and_one_process(base_l3, TINY + L3 + ['--num-iterations', '3'], 'l3')
     assert len(losses(base_l3, 'base_checkpoints', one)) == 3
     assert max_rel(weights(base_l3, 'base_checkpoints', two), weights(base_l3, 'base_checkpoints', one)) <= 1e-5
+
+# 3 processes: one row of 64 tokens per micro-batch, 768 a step (4 micro-batches each, or 12 on one process); the
+# width (64), the vocabulary (512) and the table (1,000 rows) do not divide by 3
+W3 = ['--depth', '2', '--aspect-ratio', '32', '--head-dim', '32', '--max-seq-len', '64', '--device-batch-size', '1',
+      '--total-batch-size', '768', '--eval-every', '-1', '--eval-tokens', '192', '--matrix-lr', '0.2', '--embedding-lr', '2.0',
+      '--unembedding-lr', '0.05', '--target-param-data-ratio', '-1', '--num-iterations', '3',
+      '--l3-after-layers', '0', '--l3-n-emb', '1000', '--l3-sample-tokens', '20000', '--l3-k-max', '16']
+
+def test_three_processes_equal_one_with_three_times_the_accumulation(base_l3):
+    stage('nanolit.base_train', W3 + ['--model-tag', 'l3w3'], base_l3, nproc=3)
+    stage('nanolit.base_train', W3 + ['--model-tag', 'l3w3one'], base_l3)
+    three, one = losses(base_l3, 'base_checkpoints', 'l3w3'), losses(base_l3, 'base_checkpoints', 'l3w3one')
+    assert len(three) == 3 and max(abs(a - b) / abs(b) for a, b in zip(three, one)) <= 1e-5, (three, one)
+    w3, w1 = weights(base_l3, 'base_checkpoints', 'l3w3'), weights(base_l3, 'base_checkpoints', 'l3w3one')
+    assert torch.equal(w3['l3.0.bounds'], w1['l3.0.bounds']) and max_rel(w3, w1) <= 1e-5
+
+def test_resume_without_the_l3_flags_is_a_one_line_error(base_l3):
+    args = TINY + ['--num-iterations', '2', '--model-tag', 'l3cut']
+    stage('nanolit.base_train', args + L3, base_l3, env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '1'}, expect=143)
+    res = stage('nanolit.base_train', args, base_l3, check=False)   # the same run, the L3 flags forgotten
+    one_line_error(res, '--l3-after-layers 0 in the checkpoint, none in this model', 'pass the flags it was started with')
+
+@needs_cxx
+def test_compiled_equals_eager():
+    "The whole GPT with two L3 layers (one tied) and an uneven allocation: loss and every gradient, compiled and eager."
+    torch.manual_seed(0)
+    cfg = GPTConfig(sequence_len=64, vocab_size=500, n_layer=3, n_head=2, n_kv_head=1, n_embd=64, short_window=16,
+                    l3_after_layers='0,2', l3_n_emb=1800, l3_k_max=9)
+    model = randomize_(build_model(cfg), std=0.05)   # the mix matrices start at zero: noise makes every gradient non-trivial
+    rows = torch.ones(500, dtype=torch.long); rows[:150] = 9; rows[150:200] = 3   # 150·9 + 50·3 + 300 = 1800
+    for l3 in model.l3.values(): l3.set_allocation(rows)
+    idx, targets = torch.randint(0, 500, (4, 64)), torch.randint(0, 500, (4, 64))
+    def loss_and_grads(fwd):
+        model.zero_grad(set_to_none=True); loss = fwd(idx, targets); loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss_e, grads_e = loss_and_grads(model)
+    loss_c, grads_c = loss_and_grads(torch.compile(model, dynamic=False))
+    assert abs(loss_c - loss_e) <= 1e-6 * loss_e and max_rel(grads_c, grads_e) < 1e-4, (loss_c, loss_e, max_rel(grads_c, grads_e))
+    assert grads_e['l3.2.keys'].abs().sum() > 0
