@@ -1,4 +1,4 @@
-"""Large lookup layers (chapter 3a) through the stages: an L3 base model trains, midtraining and chat rebuild it from the
+"""Large lookup layers (chapter 3a) through the stages: an L3 base model trains, midtraining, SFT, eval and chat rebuild it from the
 checkpoint (the allocation travels as a buffer in the state dict), greedy chat prints the engine's tokens, a SIGTERM
 and resume is bitwise the straight run, 2 processes equal 1 process with twice the accumulation and 3 equal 1 with three
 times, a resume with the L3 flags left off fails with one line, and a compiled L3 model computes what the eager one does."""
@@ -29,11 +29,15 @@ def test_base_saves_config_and_allocation(base_l3):
     assert rows.sum() == cfg['l3_n_emb'] and rows.min() >= 1 and rows.max() <= 16 and rows.max() > rows.min()
     assert w['l3.0.mix.weight'].abs().max() > 0   # trained away from its zero start
 
-def test_mid_and_chat_rebuild_the_model(base_l3, monkeypatch):
+def test_mid_sft_eval_and_chat_rebuild_the_model(base_l3, monkeypatch):
     bd = base_l3
     stage('nanolit.midtrain', MID + ['--model-tag', 'l3', '--num-iterations', '2', '--output-tag', 'l3m'], bd)
     assert torch.equal(weights(bd, 'mid_checkpoints', 'l3m')['l3.0.bounds'], weights(bd, 'base_checkpoints', 'l3')['l3.0.bounds'])
-    chat_is_engine_greedy(bd, 'mid', 'l3m', monkeypatch)
+    stage('nanolit.sft', MID + ['--model-tag', 'l3m', '--num-iterations', '2', '--output-tag', 'l3s'], bd)
+    assert torch.equal(weights(bd, 'chatsft_checkpoints', 'l3s')['l3.0.bounds'], weights(bd, 'base_checkpoints', 'l3')['l3.0.bounds'])
+    stage('nanolit.eval', ['--source', 'sft', '--model-tag', 'l3s', '--tasks', 'SpellingBee', '--max-problems', '2',
+                           '--max-tokens', '4'], bd)
+    chat_is_engine_greedy(bd, 'sft', 'l3s', monkeypatch)
 
 def test_sigterm_resume_is_bitwise(base_l3):
     stop, straight = stopped_and_straight(base_l3, TINY + L3 + ['--num-iterations', '6'], 'l3')

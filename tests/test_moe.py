@@ -43,14 +43,18 @@ def test_base_saves_config_balances_and_logs_loads(base_moe):
     loads = moe_loads(base_moe, 'base_checkpoints', 'moe')
     assert len(loads) == 4 and all(sum(layer) == 512 * 2 for step in loads for layer in step)   # every token, k slots
 
-def test_mid_and_chat_rebuild_the_model(base_moe, monkeypatch):
+def test_mid_sft_eval_and_chat_rebuild_the_model(base_moe, monkeypatch):
     bd = base_moe
     stage('nanolit.midtrain', MID + ['--model-tag', 'moe', '--num-iterations', '2', '--output-tag', 'moem'], bd)
     mid, base = weights(bd, 'mid_checkpoints', 'moem'), weights(bd, 'base_checkpoints', 'moe')
     assert mid['blocks.0.mlp.w_fc'].shape == base['blocks.0.mlp.w_fc'].shape
     assert not torch.equal(mid['blocks.0.mlp.expert_bias'], base['blocks.0.mlp.expert_bias'])   # mid goes on balancing
     assert len(moe_loads(bd, 'mid_checkpoints', 'moem')) == 2
-    model = chat_is_engine_greedy(bd, 'mid', 'moem', monkeypatch)
+    stage('nanolit.sft', MID + ['--model-tag', 'moem', '--num-iterations', '2', '--output-tag', 'moes'], bd)
+    assert len(moe_loads(bd, 'chatsft_checkpoints', 'moes')) == 2                              # SFT balances too
+    stage('nanolit.eval', ['--source', 'sft', '--model-tag', 'moes', '--tasks', 'SpellingBee', '--max-problems', '2',
+                           '--max-tokens', '4'], bd)
+    model = chat_is_engine_greedy(bd, 'sft', 'moes', monkeypatch)
     assert all(m.expert_load.sum() == 0 for m in model.modules() if hasattr(m, 'expert_load'))   # eval counts nothing
 
 def test_sigterm_resume_is_bitwise(base_moe):
