@@ -59,27 +59,41 @@ libc = ctypes.CDLL(None, use_errno=True)
 def say(msg): os.write(2, ('sandbox: ' + msg + '\n').encode())
 def fail(e): say(f'could not start the program: {type(e).__name__}: {e}'); os._exit(125)
 sys.excepthook = lambda t, e, tb: fail(e)   # a launcher error is the sandbox's, never a failed test (exit 1)
-root = os.geteuid() == 0
+def check(rc, what):
+    if rc != 0: raise OSError(ctypes.get_errno(), f'{what}: {os.strerror(ctypes.get_errno())}')
+root, cwd = os.geteuid() == 0, cfg['cwd'].encode()
 uid, gid = (cfg['uid_base'] + os.getpid(),) * 2 if root else (os.getuid(), os.getgid())
-CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
-if libc.unshare(CLONE_NEWNET if root else CLONE_NEWNET | CLONE_NEWUSER) != 0:
-    say(f"no network namespace here ({os.strerror(ctypes.get_errno())}): the program shares the host's network" +
-        ("" if root else ", and its process cap counts all of this user's processes"))
-elif not root:   # a user namespace of its own: map our uid to itself, so RLIMIT_NPROC counts only the sandbox's processes
-    for name, text in (('setgroups', 'deny'), ('uid_map', f'{uid} {uid} 1'), ('gid_map', f'{gid} {gid} 1')):
-        with open(f'/proc/self/{name}', 'w') as f: f.write(text)
+guard = 'file permissions guard' if root else "the seat belt guards this user's"
+CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER = 0x20000, 0x40000000, 0x10000000
+if libc.unshare(CLONE_NEWNS | CLONE_NEWNET | (0 if root else CLONE_NEWUSER)) != 0:
+    say(f"no network namespace here ({os.strerror(ctypes.get_errno())}): the program shares the host's network, only {guard} "
+        "files outside its directory" + ("" if root else ", and its process cap counts all of this user's processes"))
+else:
+    if not root:   # a user namespace of its own: map our uid to itself, so RLIMIT_NPROC counts only the sandbox's processes
+        for name, text in (('setgroups', 'deny'), ('uid_map', f'{uid} {uid} 1'), ('gid_map', f'{gid} {gid} 1')):
+            with open(f'/proc/self/{name}', 'w') as f: f.write(text)
+    try:   # in its own mount namespace: every mount read-only but its directory
+        MS_BIND, MS_REC, MS_PRIVATE, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 0x1000, 0x4000, 0x40000, 0x8000, 0x1
+        check(libc.mount(None, b'/', None, MS_REC | MS_PRIVATE, None), 'make / private')   # nothing propagates to the host
+        check(libc.mount(cwd, cwd, None, MS_BIND, None), 'bind its directory')            # its directory: a mount of its own
+        for path, flags, attr_set, attr_clr in ((b'/', AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0), (cwd, 0, 0, MOUNT_ATTR_RDONLY)):
+            attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)                         # struct mount_attr
+            check(libc.syscall(ctypes.c_long(442), ctypes.c_long(-100), path, ctypes.c_long(flags), attr, ctypes.c_long(32)),
+                  'mount_setattr (Linux 5.12+)')                                           # 442 on x86-64 and arm64 alike
+    except OSError as e: say(f'could not make the filesystem read-only ({e.strerror}): only {guard} files outside its directory')
 for name, (soft, hard) in cfg['rlimits'].items(): resource.setrlimit(getattr(resource, name), (soft, hard))
 if root:
     libc.prctl(8, 1, 0, 0, 0)                                   # PR_SET_KEEPCAPS: keep one capability across setuid
-    try: os.chown(cfg['cwd'], uid, gid); os.setgroups([]); os.setresgid(gid, gid, gid); os.setresuid(uid, uid, uid)
+    try: os.chown(cwd, uid, gid); os.setgroups([]); os.setresgid(gid, gid, gid); os.setresuid(uid, uid, uid)
     except OSError as e:   # root of a rootless container: the uid is not mapped
-        say(f"cannot switch to a uid of its own ({e}); it runs as root, and only the seat belt guards files"); root = False
+        say(f"cannot switch to a uid of its own ({e}); it runs as root, and only the read-only filesystem or the seat belt guards files")
+        root = False
 if root:
     header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)(4, 4, 4, 0, 0, 0)  # CAP_DAC_READ_SEARCH only
     if libc.capset(header, data) != 0 or libc.prctl(47, 2, 2, 0, 0) != 0:   # ... kept across exec as an ambient capability
         say(f"could not keep CAP_DAC_READ_SEARCH ({os.strerror(ctypes.get_errno())}): files only root can read are unreadable")
 libc.prctl(38, 1, 0, 0, 0)                                      # PR_SET_NO_NEW_PRIVS: no setuid binary gives root back
-os.chdir(cfg['cwd']); os.umask(0o077)
+os.chdir(cwd); os.umask(0o077)                                  # after the bind: the writable mount, not the one under it
 os.execve(sys.executable, [sys.executable, '-I', '-S', '-c', cfg['runner']], {})
 '''
 

@@ -1,10 +1,14 @@
 """The HumanEval sandbox against the programs it exists for: each is stopped or contained within its timeout, scored as
 a failure, and the evaluator carries on (it starts a subprocess of its own afterwards). The kernel layers are tested
 with the seat belt off, so that the audit hook cannot be what contains them."""
+import json
 import os
+import shutil
+import site
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,15 +70,74 @@ def test_ten_gigabyte_allocation_fails():
     assert r.status == 'error' and 'MemoryError' in r.stderr
     evaluator_unharmed()
 
+NOT_CONTAINED = ('no network namespace', 'could not make the filesystem read-only')   # the sandbox's one-line notes
+
+def attacks(keep: Path) -> list[str]:
+    "Programs that delete or overwrite `keep`, a file outside the sandbox's directory."
+    return [f'import os\nos.remove({str(keep)!r})', f'open({str(keep)!r}, "w").write("pwned")',
+            f'import shutil\nshutil.rmtree({str(keep.parent)!r})']
+
 @pytest.mark.parametrize('seat_belts', [False, True])
-def test_file_outside_the_directory_survives_remove(tmp_path, seat_belts):
-    keep = tmp_path / 'keep.txt'
-    keep.write_text('mine')
-    r = timed(f'import os\nos.remove({str(keep)!r})', seat_belts=seat_belts)
-    if os.geteuid() != 0 and not seat_belts:
-        pytest.skip('as the same (non-root) user only the seat belt protects the file; see the chapter')
-    assert r.status == 'error' and keep.read_text() == 'mine', r
-    if seat_belts: assert 'seat belt' in r.stderr
+def test_file_outside_the_directory_survives(seat_belts):
+    with tempfile.TemporaryDirectory() as d:   # world-writable: file permissions alone would let any uid delete it
+        keep = Path(d) / 'keep.txt'
+        keep.write_text('mine'); keep.chmod(0o666); os.chmod(d, 0o777)
+        for program in attacks(keep):
+            r = timed(program, seat_belts=seat_belts)
+            if not seat_belts and any(s in r.stderr for s in NOT_CONTAINED): pytest.skip(r.stderr.splitlines()[0])
+            assert r.status == 'error' and keep.read_text() == 'mine', r
+            assert ('seat belt' if seat_belts else 'Read-only file system') in r.stderr, r
+
+NOBODY = 65534
+EVALUATOR = r'''
+import json, os, subprocess, sys
+from pathlib import Path
+try:   # this interpreter must be able to start itself as this uid, and import nanolit
+    subprocess.run([sys.executable, '-I', '-S', '-c', 'pass'], check=True, capture_output=True, timeout=60)
+    from nanolit.humaneval import SandboxLimits, run_sandboxed
+except Exception as e: print(f'{sys.executable}: {type(e).__name__}: {e}', file=sys.stderr); sys.exit(3)
+keep, L = Path(sys.argv[1]), SandboxLimits(timeout=3)
+out = {'uid': os.getuid(), 'attacks': []}
+for program in json.loads(sys.argv[2]):
+    r = run_sandboxed(program, L, seat_belts=False)
+    out['attacks'].append((r.status, r.stderr, keep.read_text() if keep.exists() else None))
+out['own_directory'] = run_sandboxed("open('f', 'w').write('x')\nassert open('f').read() == 'x'", L, seat_belts=False).status
+out['unharmed'] = subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True).stdout
+print(json.dumps(out))
+'''
+
+def as_unprivileged(argv: list[str]) -> list[str]:
+    "`argv` as uid and gid 65534 with no supplementary groups when we are root; unchanged when we are not."
+    return ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups', *argv] if os.geteuid() == 0 else argv
+
+def test_unprivileged_evaluator_keeps_its_files():
+    """An evaluator that is not root (the test drops to uid 65534 when run as root): the program runs as the evaluator's own
+    uid, which may delete the file, so only the read-only mount namespace stands in the way. The file must survive the
+    attacks, each scored a failure; the program can still write its own directory, and the evaluator carries on."""
+    if os.geteuid() == 0 and not shutil.which('setpriv'): pytest.skip('setpriv (util-linux) is needed to drop root for this test')
+    with tempfile.TemporaryDirectory() as d:
+        keep = Path(d) / 'keep.txt'
+        keep.write_text('mine')
+        if os.geteuid() == 0: os.chown(d, NOBODY, NOBODY); os.chown(keep, NOBODY, NOBODY)
+        env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
+               'PYTHONPATH': os.pathsep.join([str(Path(__file__).parents[1]), *site.getsitepackages()])}
+        pythons = [p for p in (sys.executable, os.path.realpath(sys.executable), '/usr/bin/python3', '/usr/local/bin/python3')
+                   if Path(p).exists()]
+        refused = []
+        for python in dict.fromkeys(pythons):   # the first interpreter that uid 65534 can run (a venv under /root may not be)
+            res = subprocess.run(as_unprivileged([python, '-c', EVALUATOR, str(keep), json.dumps(attacks(keep))]), env=env,
+                                 cwd='/', capture_output=True, text=True, timeout=120)
+            if res.returncode != 3: break
+            refused.append(res.stderr.strip())
+        else: pytest.skip(f'no Python that uid {NOBODY} can run and that imports nanolit: {refused}')
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        notes = [l for _, err, _ in out['attacks'] for l in err.splitlines() if any(s in l for s in NOT_CONTAINED)]
+        if notes: pytest.skip(f'the kernel refuses what containment needs here: {notes[0]}')
+        assert out['uid'] != 0
+        for (status, stderr, text), program in zip(out['attacks'], attacks(keep)):
+            assert status == 'error' and text == 'mine' and 'Read-only file system' in stderr, (program, status, stderr)
+        assert keep.read_text() == 'mine' and out['own_directory'] == 'passed' and out['unharmed'] == '42\n', out
 
 def test_environment_is_empty(monkeypatch):
     monkeypatch.setenv('NANOLIT_SANDBOX_SECRET', 'hunter2')
