@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from nanolit.data import BadRowPolicy, BestFitPacker, DataLoader, TaskStream
-from nanolit.files import load_rows, split_files
-from nanolit.tasks import (ARC, GSM8K, MMLU, Chat, CustomJSON, SmolTalk, TaskMixture, build_task, mixture_spec,
-                           mixture_streams)
+from nanolit.files import load_rows
+from nanolit.tasks import ARC, GSM8K, MMLU, Chat, CustomJSON, mixture_spec, mixture_streams
 from nanolit.tokenizer import BAD_ROW_REASONS, BadRow, Tokenizer
 
 LAYOUTS = Path(__file__).parent / 'fixtures' / 'layouts'

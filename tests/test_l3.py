@@ -6,8 +6,8 @@ times, a resume with the L3 flags left off fails with one line, and a compiled L
 import pytest
 import torch
 
-from conftest import (MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, needs_cxx,
-                      one_line_error, stage, stopped_and_straight, two_and_one_process, weights)
+from conftest import (MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, compiled_equals_eager, losses, max_rel, meta,
+                      needs_cxx, one_line_error, stage, stopped_and_straight, two_and_one_process, weights)
 from nanolit.model import GPTConfig, build_model, randomize_
 
 L3 = ['--l3-after-layers', '0', '--l3-sample-tokens', '20000', '--l3-k-max', '16']
@@ -81,10 +81,5 @@ def test_compiled_equals_eager():
     rows = torch.ones(500, dtype=torch.long); rows[:150] = 9; rows[150:200] = 3   # 150·9 + 50·3 + 300 = 1800
     for l3 in model.l3.values(): l3.set_allocation(rows)
     idx, targets = torch.randint(0, 500, (4, 64)), torch.randint(0, 500, (4, 64))
-    def loss_and_grads(fwd):
-        model.zero_grad(set_to_none=True); loss = fwd(idx, targets); loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
-    loss_e, grads_e = loss_and_grads(model)
-    loss_c, grads_c = loss_and_grads(torch.compile(model, dynamic=False))
-    assert abs(loss_c - loss_e) <= 1e-6 * loss_e and max_rel(grads_c, grads_e) < 1e-4, (loss_c, loss_e, max_rel(grads_c, grads_e))
+    grads_e = compiled_equals_eager(model, idx, targets)
     assert grads_e['l3.2.keys'].abs().sum() > 0

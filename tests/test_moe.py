@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from conftest import (MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, losses, max_rel, meta, needs_cxx,
-                      one_line_error, run_dir, stage, stopped_and_straight, two_and_one_process, weights)
+from conftest import (MID, TINY, base_dir_with_tokenizer, chat_is_engine_greedy, compiled_equals_eager, losses, max_rel, meta,
+                      needs_cxx, one_line_error, run_dir, stage, stopped_and_straight, two_and_one_process, weights)
 from nanolit.model import GPTConfig, build_model, randomize_
 
 # both layers MoE, 4 experts, 2 per token and a shared one; a bias rate large enough to move routing in a few steps
@@ -104,11 +104,6 @@ def test_compiled_equals_eager():
                     moe_layers='0,2', moe_num_experts=4, moe_top_k=2, moe_shared_expert=True)
     model = randomize_(build_model(cfg), std=0.05)   # the expert projections start at zero: noise makes every gradient non-trivial
     idx, targets = torch.randint(0, 500, (4, 64)), torch.randint(0, 500, (4, 64))
-    def loss_and_grads(fwd):
-        model.zero_grad(set_to_none=True); loss = fwd(idx, targets); loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
-    loss_e, grads_e = loss_and_grads(model)
-    loss_c, grads_c = loss_and_grads(torch.compile(model, dynamic=False))
-    assert abs(loss_c - loss_e) <= 1e-6 * loss_e and max_rel(grads_c, grads_e) < 1e-4, (loss_c, loss_e, max_rel(grads_c, grads_e))
+    compiled_equals_eager(model, idx, targets)
     loads = [m.expert_load.clone() for m in model.modules() if hasattr(m, 'expert_load')]
     assert all(l.sum() == 2 * 2 * 4 * 64 for l in loads), loads   # both passes counted every token's 2 slots, compiled too

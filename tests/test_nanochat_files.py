@@ -4,11 +4,10 @@ warm-started from nanochat's, then SFT, evaluation and chat). The fixture was ma
 (tests/fixtures/nanochat_92d63d4/README.md); it is copied first, since the stages write beside it."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, meta, run_dir, stage, run
+from conftest import TESTS, meta, stage, run
 import sys
 
 FIXTURE = TESTS / 'fixtures' / 'nanochat_92d63d4'
