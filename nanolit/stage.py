@@ -21,11 +21,11 @@ from .fp8 import RECIPES, enable_fp8
 from .train import TrainConfig, train
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'SAMPLE_PROMPTS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args',
-           'add_bad_row_args', 'bad_row_policy', 'task_paths', 'source_flags', 'resolve_resume', 'supersede_after',
-           'open_run', 'inherit', 'check_source_finished', 'loader_lanes', 'pretrain_loader', 'make_sampler',
-           'eval_loader_factory', 'write_stage_report', 'periodic_tables', 'run_stage', 'stage_main', 'require_shards',
-           'restore_rng']
+__all__ = ['RESUME_FREE', 'SAMPLE_PROMPTS', 'num_iterations_arg', 'positive_int', 'add_common_args', 'add_source_args',
+           'add_bad_row_args', 'bad_row_policy', 'task_paths', 'source_flags', 'changed_flags', 'resolve_resume',
+           'supersede_after', 'open_run', 'inherit', 'check_source_finished', 'loader_lanes', 'pretrain_loader',
+           'make_sampler', 'eval_loader_factory', 'write_stage_report', 'periodic_tables', 'run_stage', 'stage_main',
+           'require_shards', 'restore_rng']
 
 # %% ../nbs/11_stage.ipynb #85815c79
 def num_iterations_arg(s: str) -> int:
@@ -146,7 +146,15 @@ def source_flags(args) -> tuple[str | None, int | None]:
     return tag, step
 
 # %% ../nbs/11_stage.ipynb #565cdeec
-RESUME_KEYS = ('max_seq_len', 'device_batch_size', 'total_batch_size')
+RESUME_FREE = ('run', 'device_type', 'dtype', 'compile', 'eval_every', 'eval_tokens', 'sample_every', 'save_every',
+               'keep_last', 'resume', 'resume_from_step', 'dry_run', 'load_optimizer', 'loader_lanes', 'skip_bad_rows',
+               'max_bad_fraction', 'chatcore_every', 'chatcore_max_cat', 'chatcore_max_sample', 'task_path',
+               'core_metric_every', 'core_metric_max_per_task', 'eval_bundle')   # how a run is watched, saved and run
+
+def changed_flags(started: dict, now: dict) -> list[str]:
+    "`--flag old -> new` for each flag that defines the run (not in `RESUME_FREE`) and differs from how it `started`."
+    flag = lambda k: '--' + k.replace('_', '-')
+    return [f"{flag(k)} {v} -> {now.get(k)}" for k, v in started.items() if k not in RESUME_FREE and now.get(k) != v]
 
 def resolve_resume(stage: str, tag: str, config: dict, policy: str = 'auto') -> dict | None:
     "The meta of the checkpoint to resume from, None for a fresh run; errors for finished runs and changed flags."
@@ -165,11 +173,9 @@ def resolve_resume(stage: str, tag: str, config: dict, policy: str = 'auto') -> 
     if meta.get('finished'):
         raise FileExistsError(f"{run_dir} holds a finished {stage} run (step {steps[-1]}); nothing was overwritten. "
                               "Pass another --model-tag to train a new one, or delete that directory")
-    for k in RESUME_KEYS:
-        if meta['user_config'].get(k) != config.get(k):
-            raise ValueError(f"cannot resume {run_dir}: it was started with --{k.replace('_', '-')} "
-                             f"{meta['user_config'].get(k)}, now {config.get(k)}; pass the same value to resume, or "
-                             "another --model-tag to start a new run")
+    if changed := changed_flags(meta['user_config'], config):   # a resume continues the run it finds, or nothing
+        raise ValueError(f"cannot resume {run_dir}: flags differ from the run's ({', '.join(changed)}); pass the values it "
+                         "was started with to resume it, or another --model-tag to start a new run")
     print0(f"resuming the interrupted {stage} run in {run_dir} from step {step}")
     return meta
 

@@ -94,7 +94,7 @@ def test_resume_with_other_experts_is_a_one_line_error(base_moe):
     stage('nanolit.base_train', args + MOE, base_moe, env={'NANOLIT_TEST_SIGTERM_AFTER_STEP': '1'}, expect=143)
     other = [a if a != '4' else '8' for a in MOE]   # --moe-num-experts 8 instead of 4
     res = stage('nanolit.base_train', args + other, base_moe, check=False)
-    one_line_error(res, '--moe-num-experts 4 in the checkpoint, 8 in this model', 'pass the flags it was started with')
+    one_line_error(res, '--moe-num-experts 4 -> 8', 'pass the values it was started with')
 
 @needs_cxx
 def test_compiled_equals_eager():
