@@ -140,8 +140,8 @@ def compiled_equals_eager(model, idx, targets):
     assert abs(loss_c - loss_e) <= 1e-6 * loss_e and max_rel(grads_c, grads_e) < 1e-4, (loss_c, loss_e, max_rel(grads_c, grads_e))
     return grads_e
 
-# Worker scripts run under torchrun, and the stress script is opt-in: neither is collected as a test module.
-collect_ignore = ['workers', 'stress_torchrun.py']
+# Worker scripts run under torchrun, the stress script is opt-in, fixtures hold scripts that tests run: none is a test module.
+collect_ignore = ['workers', 'stress_torchrun.py', 'fixtures']
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'gpu: needs a CUDA GPU; skipped without one (tests/test_gpu.py, run by bench/gpu_check.sh)')
