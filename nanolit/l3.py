@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['lzw_phrase_counts', 'allocate_rows', 'l3_allocation', 'training_sample', 'L3Layer']
@@ -64,15 +65,23 @@ def training_sample(texts: Iterable[str], tokenizer, n_tokens: int) -> list[int]
 def _rms(x: torch.Tensor) -> torch.Tensor: return F.rms_norm(x, (x.size(-1),))
 
 class L3Layer(nn.Module):
-    "A large lookup layer: attention of the hidden state over its token's own rows of a table, up-projected and mixed."
+    """A large lookup layer: attention of the hidden state over its token's own rows of a table, up-projected and mixed.
+    The padded gather is (tokens, k, C): past `chunk_elems` elements it runs in chunks of tokens, each recomputed in
+    backward (activation checkpointing), so that memory stays bounded at any batch, context and `k_max`."""
+    chunk_elems = 2 ** 27   # elements of one chunk's gathered rows: 256 MiB in bf16, whatever B·T·k·C is
     def __init__(self, vocab_size: int, n_embd: int, n_rows: int, d_up: int, k_max: int, tied: bool = False):
         super().__init__()
-        self.vocab_size, self.n_embd, self.k_max, self.tied = vocab_size, n_embd, k_max, tied
+        self.vocab_size, self.n_embd, self.k_max, self.tied, self.k_pad = vocab_size, n_embd, k_max, tied, 1
         self.keys = nn.Parameter(torch.empty(n_rows, n_embd))
         self.values = None if tied else nn.Parameter(torch.empty(n_rows, n_embd))
         self.up = nn.Linear(n_embd, d_up, bias=False)
         self.mix = nn.Linear(n_embd + d_up, n_embd, bias=False)
         self.register_buffer('bounds', torch.zeros(vocab_size + 1, dtype=torch.long))   # token t owns [b[t], b[t+1])
+        self.register_load_state_dict_post_hook(lambda module, _: module._set_pad())    # loaded bounds: their pad width
+
+    def _set_pad(self):
+        "The pad width, the largest allocation, kept as a number: reading it from `bounds` in forward syncs the GPU."
+        if self.bounds.device.type != 'meta': self.k_pad = max(1, int((self.bounds[1:] - self.bounds[:-1]).max()))
 
     @torch.no_grad()
     def init_weights(self):
@@ -89,19 +98,29 @@ class L3Layer(nn.Module):
             raise ValueError(f"an L3 allocation must give each of {self.vocab_size} tokens 1..{self.k_max} rows, "
                              f"{len(self.keys)} in all: compute it with l3_allocation for this model's config")
         self.bounds.copy_(F.pad(rows.cumsum(0), (1, 0)))
+        self._set_pad()
+
+    def lookup(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        "For N tokens `idx` with normed states `h` (N, C): the softmax-weighted sum of each token's own value rows."
+        start, count = self.bounds[idx], self.bounds[idx + 1] - self.bounds[idx]
+        j = torch.arange(self.k_pad, device=idx.device)                    # pad width: the largest allocation
+        rows = (start.unsqueeze(-1) + j).clamp_max(len(self.keys) - 1)      # (N, k); padding re-reads a real row
+        keys = F.embedding(rows, self.keys)                                 # (N, k, C)
+        scores = (keys @ h.unsqueeze(-1).to(keys.dtype)).squeeze(-1)        # (N, k)
+        scores = scores.float().masked_fill(j >= count.unsqueeze(-1), float('-inf'))
+        vals = keys if self.tied else F.embedding(rows, self.values)
+        return (scores.softmax(-1).unsqueeze(-2).to(vals.dtype) @ vals).squeeze(-2)   # (N, C)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         h = _rms(x)
-        start, count = self.bounds[idx], self.bounds[idx + 1] - self.bounds[idx]
-        k = int((self.bounds[1:] - self.bounds[:-1]).max())               # pad width: the largest allocation
-        j = torch.arange(k, device=idx.device)
-        rows = (start.unsqueeze(-1) + j).clamp_max(len(self.keys) - 1)      # (B, T, k); padding re-reads a real row
-        keys = F.embedding(rows, self.keys)                                 # (B, T, k, C)
-        scores = (keys @ h.unsqueeze(-1).to(keys.dtype)).squeeze(-1)        # (B, T, k)
-        scores = scores.float().masked_fill(j >= count.unsqueeze(-1), float('-inf'))
-        vals = keys if self.tied else F.embedding(rows, self.values)
-        e = (scores.softmax(-1).unsqueeze(-2).to(vals.dtype) @ vals).squeeze(-2)   # (B, T, C)
-        u = _rms(self.up(e))
+        hs, ids = h.reshape(-1, h.size(-1)), idx.reshape(-1)
+        n = max(1, self.chunk_elems // (self.k_pad * self.n_embd))          # tokens per chunk
+        if len(ids) <= n: e = self.lookup(hs, ids)
+        else:
+            again = torch.is_grad_enabled()   # in training, each chunk's gather is recomputed in backward, not kept
+            part = lambda a, b: checkpoint(self.lookup, a, b, use_reentrant=False) if again else self.lookup(a, b)
+            e = torch.cat([part(hs[i:i + n], ids[i:i + n]) for i in range(0, len(ids), n)])
+        u = _rms(self.up(e.view_as(h)))
         return self.mix(torch.cat([h.to(u.dtype), u], -1))
 
     def tables(self) -> list[nn.Parameter]:
@@ -110,5 +129,5 @@ class L3Layer(nn.Module):
 
     def flops_per_token(self) -> dict[str, float]:
         "Training FLOPs per token (forward + backward): the dense matrices, and the padded lookup of k rows."
-        k = int((self.bounds[1:] - self.bounds[:-1]).max()) if self.bounds.device.type != 'meta' else self.k_max
+        k = self.k_pad if self.bounds.device.type != 'meta' else self.k_max
         return {'dense': 6 * (self.up.weight.numel() + self.mix.weight.numel()), 'lookup': 6 * 2 * k * self.n_embd}
