@@ -149,7 +149,9 @@ def source_flags(args) -> tuple[str | None, int | None]:
 RESUME_FREE = ('run', 'device_type', 'dtype', 'compile', 'eval_every', 'eval_tokens', 'sample_every', 'save_every',
                'keep_last', 'resume', 'resume_from_step', 'dry_run', 'load_optimizer', 'loader_lanes', 'skip_bad_rows',
                'max_bad_fraction', 'chatcore_every', 'chatcore_max_cat', 'chatcore_max_sample', 'task_path',
-               'core_metric_every', 'core_metric_max_per_task', 'eval_bundle')   # how a run is watched, saved and run
+               'core_metric_every', 'core_metric_max_per_task', 'eval_bundle',   # how a run is watched, saved and run
+               'num_iterations',                                                 # its horizon: the schedule follows it
+               'source', 'model_tag', 'model_step', 'output_tag', 'source_tag', 'source_step')   # where it is: the directory
 
 def changed_flags(started: dict, now: dict) -> list[str]:
     "`--flag old -> new` for each flag that defines the run (not in `RESUME_FREE`) and differs from how it `started`."

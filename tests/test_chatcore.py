@@ -66,5 +66,5 @@ def test_chatcore_off_and_bad_task_path(bd):
                                       '-1', '--output-tag', 'off'], bd)
     assert 'ChatCORE' not in res.stdout and records(bd, 'chatsft_checkpoints', 'off', 'chatcore_metric') == []
     res = stage('nanolit.sft', MID + ['--source', 'base', '--model-tag', 'd2', '--num-iterations', '1', '--task-path',
-                                      'HellaSwag=x.jsonl', '--output-tag', 'bad'], bd, expect=1)
+                                      'HellaSwag=x.jsonl', '--chatcore-every', '2', '--output-tag', 'bad'], bd, expect=1)
     assert 'ChatCORE has no such task' in res.stderr.strip().splitlines()[-1]

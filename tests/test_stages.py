@@ -191,10 +191,10 @@ def test_bad_inputs_fail_with_one_line_and_overwrite_nothing(with_base, tmp_path
     before = files()
     bad_len = [a if a != '64' else '32' for a in TINY]
     one_line_error(stage('nanolit.base_train', bad_len + ['--num-iterations', '6', '--model-tag', 'int'], bd, check=False),
-                   '--max-seq-len 64, now 32')
+                   '--max-seq-len 64 -> 32')
     bad_b = TINY[:TINY.index('--device-batch-size')] + ['--device-batch-size', '1'] + TINY[TINY.index('--device-batch-size') + 2:]
     one_line_error(stage('nanolit.base_train', bad_b + ['--num-iterations', '6', '--model-tag', 'int'], bd, check=False),
-                   '--device-batch-size 2, now 1')
+                   '--device-batch-size 2 -> 1')
     assert files() == before
     one_line_error(stage('nanolit.base_train', TINY + ['--num-iterations', '6', '--model-tag', 'd2'], bd, check=False),
                    'nothing was overwritten')
